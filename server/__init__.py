@@ -1,0 +1,1 @@
+"""Launching SGLang with the Domino plugin."""
