@@ -1,0 +1,103 @@
+"""The one chain-verification rule (greedy and lossless speculative sampling).
+
+A block proposes draft tokens d_0..d_{P−1}; the target, run over [bonus, d_0..d_{P−1}], gives P+1 rows of
+logits where row j predicts the token that d_j claims to be and row P the token after a fully accepted block.
+
+* greedy: accept while d_j == argmax(target_j); the new bonus is argmax(target_a) at the first mismatch a
+  (or row P if everything matched).
+* sampling (Leviathan et al. / Chen et al.): accept d_j with probability min(1, p_j(d_j) / q_j(d_j));
+  at the first rejection draw the bonus from norm(max(p_j − q_j, 0)); if all are accepted draw it from p_P.
+  p is the target's filtered distribution (temperature, top-k, top-p, min-p), q the draft's.
+  The emitted sequence is then distributed exactly as the target's own sampling.
+
+Each verify step emits accept_len + 1 tokens: the accepted drafts and the bonus.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from sglang_domino.sampling import SamplingParams, filtered_probs, sample_from
+
+
+@dataclass
+class VerifyResult:
+    """accept_len [N] accepted drafts per row; bonus [N] the token emitted after them."""
+
+    accept_len: torch.Tensor
+    bonus: torch.Tensor
+
+    def emitted(self, draft_tokens: torch.Tensor) -> list[list[int]]:
+        """Per row: the accepted drafts followed by the bonus (accept_len + 1 tokens)."""
+        return [
+            draft_tokens[i, : int(a)].tolist() + [int(b)]
+            for i, (a, b) in enumerate(zip(self.accept_len.tolist(), self.bonus.tolist()))
+        ]
+
+
+def _check_shapes(draft_tokens: torch.Tensor, target_logits: torch.Tensor) -> None:
+    if draft_tokens.ndim != 2 or target_logits.ndim != 3:
+        raise ValueError(
+            f"expected draft_tokens [N, P] and target_logits [N, P+1, V], got {tuple(draft_tokens.shape)} "
+            f"and {tuple(target_logits.shape)}"
+        )
+    n, p = draft_tokens.shape
+    if target_logits.shape[:2] != (n, p + 1):
+        raise ValueError(f"target_logits must be [{n}, {p + 1}, V] for {p} drafts, got {tuple(target_logits.shape)}")
+
+
+def accepted_prefix_len(accepted: torch.Tensor) -> torch.Tensor:
+    """Length of the leading run of True per row: [N, P] bool -> [N] int64."""
+    return accepted.to(torch.int64).cumprod(dim=1).sum(dim=1)
+
+
+def verify_greedy(draft_tokens: torch.Tensor, target_logits: torch.Tensor) -> VerifyResult:
+    """draft_tokens [N, P]; target_logits [N, P+1, V] -> accept while the draft equals the target argmax."""
+    _check_shapes(draft_tokens, target_logits)
+    target_argmax = torch.argmax(target_logits, dim=-1)  # [N, P+1]
+    accept_len = accepted_prefix_len(draft_tokens == target_argmax[:, :-1])
+    bonus = target_argmax.gather(1, accept_len[:, None]).squeeze(1)
+    return VerifyResult(accept_len, bonus)
+
+
+def verify_sampling(
+    draft_tokens: torch.Tensor,
+    draft_probs: torch.Tensor,
+    target_logits: torch.Tensor,
+    params: SamplingParams,
+    generator: Optional[torch.Generator] = None,
+) -> VerifyResult:
+    """Lossless speculative sampling over a chain.
+
+    draft_tokens [N, P]; draft_probs [N, P, V] the distributions the drafts were drawn from;
+    target_logits [N, P+1, V]; params: per-row sampling parameters (greedy rows work too: p and q are one-hot).
+    """
+    _check_shapes(draft_tokens, target_logits)
+    n, p_len = draft_tokens.shape
+    vocab = target_logits.shape[-1]
+    if draft_probs.shape != (n, p_len, vocab):
+        raise ValueError(f"draft_probs must be [{n}, {p_len}, {vocab}], got {tuple(draft_probs.shape)}")
+    target_probs = filtered_probs(target_logits.reshape(n * (p_len + 1), vocab), params.repeat_interleave(p_len + 1))
+    target_probs = target_probs.view(n, p_len + 1, vocab)
+    q = draft_probs.to(torch.float32)
+
+    idx = draft_tokens[..., None]
+    p_of_d = target_probs[:, :p_len].gather(2, idx).squeeze(2)
+    q_of_d = q.gather(2, idx).squeeze(2)
+    coins = torch.rand((n, p_len), generator=generator, device=target_logits.device)
+    # u < p/q  <=>  u·q < p ; q(d) > 0 since d was drawn from q.
+    accepted = coins * q_of_d < p_of_d
+    accept_len = accepted_prefix_len(accepted)
+
+    rows = torch.arange(n, device=target_logits.device)
+    p_at = target_probs[rows, accept_len]  # [N, V] target distribution at the stopping row
+    q_padded = torch.cat((q, torch.zeros_like(q[:, :1])), dim=1)  # row P: nothing to subtract
+    residual = (p_at - q_padded[rows, accept_len]).clamp_min(0.0)
+    mass = residual.sum(dim=-1, keepdim=True)
+    # p == q exactly leaves no residual mass; the rejection then had probability 0, so p itself is correct.
+    residual = torch.where(mass > 0, residual / mass.clamp_min(1e-30), p_at)
+    bonus = sample_from(residual, generator)
+    return VerifyResult(accept_len, bonus)

@@ -1,0 +1,112 @@
+"""The reference rollout: exact full-vocabulary Domino drafting."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import random_drafter
+
+from sglang_domino import SamplingParams, greedy_rollout, sampling_rollout
+from sglang_domino.rollout import proposal_hidden
+
+V, H = 96, 64
+
+
+def _inputs(batch: int, block: int, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    embedding = torch.nn.Embedding(V, H)
+    with torch.no_grad():
+        embedding.weight.copy_(torch.randn(V, H, generator=g))
+    lm_head = torch.randn(V, H, generator=g) * 0.3
+    draft_hidden = torch.randn(batch, block, H, generator=g)
+    bonus = torch.randint(0, V, (batch,), generator=g)
+    return embedding, lm_head, draft_hidden, bonus
+
+
+def _head_matters(drafter, draft_hidden, bonus, embedding, lm_head) -> bool:
+    """True when the correction changes at least one drafted token (otherwise the oracle test is vacuous)."""
+    z = proposal_hidden(draft_hidden, drafter.config.shift_label)
+    base_only = torch.argmax(F.linear(z, lm_head), dim=-1)
+    return not torch.equal(base_only, greedy_rollout(drafter, draft_hidden, bonus, embedding.weight, lm_head))
+
+
+@pytest.mark.parametrize("shift_label", [True, False])
+@pytest.mark.parametrize("batch", [1, 5])
+def test_greedy_rollout_matches_upstream_sglang(shift_label: bool, batch: int) -> None:
+    """Upstream domino_greedy_rollout (candidate_pool_size=0, pure torch, CPU) is an independent oracle."""
+    from sglang.srt.speculative.domino_utils import domino_greedy_rollout
+
+    drafter = random_drafter(seed=3, scale=30.0, shift_label=shift_label, pure_draft_prefix_len=1)
+    embedding, lm_head, draft_hidden, bonus = _inputs(batch, drafter.config.block_size)
+    ours = greedy_rollout(drafter, draft_hidden, bonus, embedding.weight, lm_head)
+    upstream = domino_greedy_rollout(
+        draft_hidden=draft_hidden, bonus_tokens=bonus, target_embedding=embedding, lm_head_weight=lm_head,
+        prefix_gru=drafter.prefix_gru, embed_proj=drafter.embed_proj, vocab_size=V, shift_label=shift_label,
+        candidate_pool_size=0, in_cuda_graph=False,
+    )
+    assert ours.shape == (batch, drafter.config.block_size - 1)
+    assert ours.dtype == torch.long
+    assert torch.equal(ours, upstream)
+    assert _head_matters(drafter, draft_hidden, bonus, embedding, lm_head)
+
+
+@pytest.mark.parametrize("prefix_len", [0, 1, 2, 5])
+@pytest.mark.parametrize("shift_label", [True, False])
+def test_rollout_is_consistent_with_teacher_forced_head(prefix_len: int, shift_label: bool) -> None:
+    """Re-derive every drafted token the way training scores them: a full-sequence nn.GRU over
+    [bonus, d_0, ...] (teacher forcing on the drafted tokens) and argmax of base + correction,
+    base only for slots below pure_draft_prefix_len. Any pure_draft_prefix_len is allowed (upstream: 1 only)."""
+    drafter = random_drafter(seed=5, scale=30.0, shift_label=shift_label, pure_draft_prefix_len=prefix_len)
+    embedding, lm_head, draft_hidden, bonus = _inputs(4, drafter.config.block_size, seed=7)
+    tokens = greedy_rollout(drafter, draft_hidden, bonus, embedding.weight, lm_head)
+    z = proposal_hidden(draft_hidden, shift_label)
+    base = F.linear(z, lm_head)
+    prev = torch.cat((bonus[:, None], tokens[:, :-1]), dim=1)
+    gru_states, _ = drafter.prefix_gru(embedding(prev))  # state after consuming prev[..k] is row k
+    corrected = base + drafter.embed_proj(torch.cat((z, gru_states), dim=-1))
+    expected = torch.where(
+        torch.arange(tokens.shape[1])[None, :] < prefix_len,
+        torch.argmax(base, dim=-1),
+        torch.argmax(corrected, dim=-1),
+    )
+    assert torch.equal(tokens, expected)
+
+
+def test_backbone_only_drafts_base_argmax() -> None:
+    drafter = random_drafter(seed=2, scale=30.0)
+    embedding, lm_head, draft_hidden, bonus = _inputs(3, drafter.config.block_size)
+    base_argmax = torch.argmax(F.linear(proposal_hidden(draft_hidden, True), lm_head), dim=-1)
+    drafter.drop_head()
+    assert torch.equal(greedy_rollout(drafter, draft_hidden, bonus, embedding.weight, lm_head), base_argmax)
+
+
+def test_sampling_rollout_returns_the_distributions_it_drew_from() -> None:
+    drafter = random_drafter(seed=4, scale=3.0)
+    embedding, lm_head, draft_hidden, bonus = _inputs(6, drafter.config.block_size)
+    params = SamplingParams.uniform(6, temperature=0.7, top_k=20, top_p=0.9)
+    tokens, probs = sampling_rollout(drafter, draft_hidden, bonus, embedding.weight, lm_head, params,
+                                     torch.Generator().manual_seed(0))
+    assert tokens.shape == (6, 7) and probs.shape == (6, 7, V)
+    assert torch.allclose(probs.sum(-1), torch.ones(6, 7))
+    chosen = probs.gather(2, tokens[..., None]).squeeze(-1)
+    assert bool((chosen > 0).all())  # every draft lies in its own filtered support
+    assert bool(((probs > 0).sum(-1) <= 20).all())  # top-k honoured
+
+
+def test_sampling_rollout_at_temperature_zero_is_greedy() -> None:
+    drafter = random_drafter(seed=4, scale=30.0)
+    embedding, lm_head, draft_hidden, bonus = _inputs(3, drafter.config.block_size)
+    tokens, probs = sampling_rollout(drafter, draft_hidden, bonus, embedding.weight, lm_head,
+                                     SamplingParams.uniform(3, temperature=0.0))
+    assert torch.equal(tokens, greedy_rollout(drafter, draft_hidden, bonus, embedding.weight, lm_head))
+    assert torch.equal(probs.amax(-1), torch.ones(3, 7))
+
+
+def test_rollout_rejects_bad_shapes() -> None:
+    drafter = random_drafter()
+    embedding, lm_head, draft_hidden, bonus = _inputs(2, 8)
+    with pytest.raises(ValueError, match=r"\[batch, block, hidden\]"):
+        greedy_rollout(drafter, draft_hidden[0], bonus, embedding.weight, lm_head)
+    with pytest.raises(ValueError, match="bonus_tokens"):
+        greedy_rollout(drafter, draft_hidden, bonus[:1], embedding.weight, lm_head)
