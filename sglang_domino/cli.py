@@ -1,16 +1,88 @@
-"""The ``sglang-domino`` console script."""
+"""The ``sglang-domino`` console script: prepare, serve, eval, train, bench.
+
+Each subcommand imports its machinery lazily, so ``sglang-domino --help`` stays instant.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="sglang-domino")
-    parser.add_subparsers(dest="command", required=True)
-    parser.parse_args(argv)
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    from sglang_domino.embedded import prepare_embedded_pair
+
+    pair = prepare_embedded_pair()
+    print(json.dumps({"target": str(pair.target), "draft": str(pair.draft)}))
     return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from sglang_domino.evaluate import evaluate
+
+    target, draft = args.target, args.draft
+    if target is None or draft is None:
+        from sglang_domino.embedded import prepare_embedded_pair
+
+        pair = prepare_embedded_pair()
+        target, draft = target or pair.target, draft or pair.draft
+    result = evaluate(target, draft, args.prompts, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                      dtype=getattr(torch, args.dtype), limit=args.limit)
+    with open(args.json, "w") as fh:
+        json.dump(result, fh, indent=2)
+    summary = {k: result[k] for k in ("num_prompts", "tau_domino", "tau_backbone", "tau_ratio") if k in result}
+    if "lossless" in result:
+        summary["lossless"] = result["lossless"]
+    print(json.dumps(summary))
+    return 0 if result.get("lossless", True) else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sglang-domino", description="Domino speculative decoding for SGLang")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prepare", help="convert the embedded target and locate the shipped drafter; prints JSON")
+    p.set_defaults(func=_cmd_prepare)
+
+    p = sub.add_parser("eval", help="acceptance (tau) with and without the Domino head on the offline loop")
+    p.add_argument("--prompts", required=True, help='JSONL of {"prompt": ...} or {"messages": [...]}')
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--target", default=None, help="HF target dir (default: the embedded target)")
+    p.add_argument("--draft", default=None, help="drafter checkpoint dir (default: the embedded drafter)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="float32 keeps greedy comparisons free of bf16 near-ties")
+    p.add_argument("--limit", type=int, default=None, help="first N prompts only")
+    p.add_argument("--json", required=True, help="output JSON path")
+    p.set_defaults(func=_cmd_eval)
+
+    try:  # training, serving and benchmarks register their own parsers
+        from sglang_domino.training.trainer import add_train_parser
+    except ImportError:
+        pass
+    else:
+        add_train_parser(sub)
+    try:
+        from sglang_domino.server.launch import add_serve_parser
+    except ImportError:
+        pass
+    else:
+        add_serve_parser(sub)
+    try:
+        from sglang_domino.benchmarks_cli import add_bench_parser
+    except ImportError:
+        pass
+    else:
+        add_bench_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
 
 
 if __name__ == "__main__":
