@@ -40,6 +40,34 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0 if result.get("lossless", True) else 1
 
 
+def _benchmarks_dir():
+    """benchmarks/ lives beside the package in a source checkout (it is not installed)."""
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks"
+    return path if (path / "serving.py").is_file() else None
+
+
+def _load_benchmark_module(name: str):
+    import importlib.util
+
+    bench_dir = _benchmarks_dir()
+    sys.path.insert(0, str(bench_dir))
+    spec = importlib.util.spec_from_file_location(f"sglang_domino_bench_{name}", bench_dir / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    if _benchmarks_dir() is None:
+        print("sglang-domino bench needs a source checkout (benchmarks/ is not installed with the package)",
+              file=sys.stderr)
+        return 2
+    _load_benchmark_module("serving").run(args)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sglang-domino", description="Domino speculative decoding for SGLang")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -71,12 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         add_serve_parser(sub)
-    try:
-        from sglang_domino.benchmarks_cli import add_bench_parser
-    except ImportError:
-        pass
-    else:
-        add_bench_parser(sub)
+    p = sub.add_parser("bench", help="serving benchmark: plain vs Domino vs backbone-only at several concurrencies")
+    if _benchmarks_dir() is not None:
+        _load_benchmark_module("serving").add_arguments(p)
+    p.set_defaults(func=_cmd_bench)
     return parser
 
 

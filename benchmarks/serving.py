@@ -1,0 +1,211 @@
+"""Serving benchmark: the embedded target served (a) without speculation, (b) with Domino, (c) with the same
+drafter's head switched off (DFlash backbone only), at several concurrency levels, in one run.
+
+The three servers run side by side and the configurations are interleaved within every level (rotating
+order), so slow drift of this machine's speed lands on all three alike. Writes JSON (``levels``), a
+markdown table and a PNG plot. Also: ``sglang-domino bench ...``.
+
+    python benchmarks/serving.py --concurrency 1,2,4,8,16 --max-new-tokens 128 --json benchmarks/results/serving.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import requests
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from loadgen import run_level  # noqa: E402
+
+CONFIGS = ("plain", "domino", "backbone")
+
+
+def backbone_only_checkpoint(draft: Path, cache_root: Path) -> Path:
+    """The same drafter with the Domino head switched off (identical backbone tensors), written once."""
+    from sglang_domino import load_drafter, save_drafter
+
+    out = cache_root / f"backbone-only-{draft.resolve().name}-{int((draft / 'model.safetensors').stat().st_mtime)}"
+    if not (out / "model.safetensors").is_file():
+        model = load_drafter(draft, use_head=False)
+        save_drafter(model, out)
+    return out
+
+
+class Server:
+    """A ``sglang-domino serve`` subprocess on loopback; ``draft=None`` serves without speculation."""
+
+    def __init__(self, name: str, target: Path, draft: Optional[Path], port: int, extra: list[str], log_dir: Path):
+        self.name, self.port = name, port
+        self.url = f"http://127.0.0.1:{port}"
+        cmd = [sys.executable, "-m", "sglang_domino.cli", "serve", "--target", str(target), "--port", str(port)]
+        cmd += ["--draft", str(draft)] if draft is not None else ["--no-speculation"]
+        cmd += extra
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = log_dir / f"server-{name}.log"
+        self.proc = subprocess.Popen(cmd, stdout=self.log_path.open("w"), stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+
+    def wait_healthy(self, timeout_s: float = 600) -> None:
+        deadline = time.time() + timeout_s
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} server exited ({self.proc.returncode}); see {self.log_path}")
+            try:
+                if requests.get(f"{self.url}/health", timeout=5).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(2)
+        raise TimeoutError(f"{self.name} server not healthy after {timeout_s}s; see {self.log_path}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+
+
+def load_payloads(prompts_path: Path, target: Path, num: int, max_new_tokens: int) -> list[dict[str, Any]]:
+    from transformers import AutoTokenizer
+
+    from sglang_domino.evaluate import encode_prompt, read_prompts
+
+    tokenizer = AutoTokenizer.from_pretrained(target)
+    items = read_prompts(prompts_path)
+    payloads = []
+    for i in range(num):
+        ids = encode_prompt(tokenizer, items[i % len(items)])[0].tolist()
+        payloads.append({"input_ids": ids, "sampling_params": {"max_new_tokens": max_new_tokens, "temperature": 0.0,
+                                                               "ignore_eos": False}})
+    return payloads
+
+
+def markdown_table(levels: list[dict[str, Any]]) -> str:
+    rows = ["| concurrency | plain tok/s | Domino tok/s | backbone tok/s | Domino/plain | Domino/backbone | τ Domino | τ backbone | TTFT ms (D, median) | ITL ms (D, median / p90) |",
+            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for lv in levels:
+        rows.append(
+            f"| {lv['concurrency']} | {lv['plain_tok_s']:.1f} | {lv['domino_tok_s']:.1f} | {lv['backbone_tok_s']:.1f} | "
+            f"{lv['speedup_vs_plain']:.2f}× | {lv['speedup_vs_backbone']:.2f}× | {lv['tau_domino'] or float('nan'):.2f} | "
+            f"{lv['tau_backbone'] or float('nan'):.2f} | {lv['ttft_ms']['domino']['median']:.0f} | "
+            f"{lv['itl_ms']['domino']['median']:.0f} / {lv['itl_ms']['domino']['p90']:.0f} |")
+    return "\n".join(rows)
+
+
+def plot(levels: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    conc = [lv["concurrency"] for lv in levels]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for key, label in (("plain_tok_s", "plain"), ("domino_tok_s", "Domino"), ("backbone_tok_s", "DFlash backbone")):
+        ax1.plot(conc, [lv[key] for lv in levels], marker="o", label=label)
+    ax1.set(xscale="log", xlabel="concurrency", ylabel="output tok/s", title="Throughput")
+    ax1.set_xticks(conc, [str(c) for c in conc])
+    ax1.legend()
+    ax2.plot(conc, [lv["speedup_vs_plain"] for lv in levels], marker="o", label="Domino / plain")
+    ax2.plot(conc, [lv["speedup_vs_backbone"] for lv in levels], marker="o", label="Domino / backbone")
+    ax2.axhline(1.0, color="grey", lw=0.8)
+    ax2.set(xscale="log", xlabel="concurrency", ylabel="ratio", title="Speedup")
+    ax2.set_xticks(conc, [str(c) for c in conc])
+    ax2.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from tqdm import tqdm
+
+    from sglang_domino.embedded import HELDOUT_PROMPTS, prepare_embedded_pair
+
+    if args.target and args.draft:
+        target, draft = Path(args.target), Path(args.draft)
+    else:
+        pair = prepare_embedded_pair()
+        target, draft = Path(args.target or pair.target), Path(args.draft or pair.draft)
+    out_json = Path(args.json)
+    out_json.parent.mkdir(parents=True, exist_ok=True)
+    backbone = backbone_only_checkpoint(draft, out_json.parent / "cache")
+    levels_c = [int(c) for c in args.concurrency.split(",")]
+    prompts = Path(args.prompts or HELDOUT_PROMPTS)
+    extra = args.server_args.split() if args.server_args else []
+    servers = {
+        "plain": Server("plain", target, None, args.port, extra, out_json.parent / "logs"),
+        "domino": Server("domino", target, draft, args.port + 1, extra, out_json.parent / "logs"),
+        "backbone": Server("backbone", target, backbone, args.port + 2, extra, out_json.parent / "logs"),
+    }
+    levels: list[dict[str, Any]] = []
+    try:
+        for s in servers.values():
+            s.wait_healthy()
+        warm = load_payloads(prompts, target, 2, 16)
+        for s in servers.values():  # first requests pay one-off costs (allocation, lazy init)
+            asyncio.run(run_level(s.url, warm, 2))
+        progress = tqdm(total=len(levels_c) * len(CONFIGS), desc="bench", unit="run")
+        for li, conc in enumerate(levels_c):
+            payloads = load_payloads(prompts, target, args.num_prompts or max(2 * conc, 8), args.max_new_tokens)
+            order = CONFIGS[li % 3:] + CONFIGS[: li % 3]  # rotate who goes first
+            measured: dict[str, dict[str, Any]] = {}
+            for name in order:
+                measured[name] = asyncio.run(run_level(servers[name].url, payloads, conc))
+                progress.update(1)
+            same = measured["domino"]["output_ids"] == measured["plain"]["output_ids"]
+            levels.append({
+                "concurrency": conc,
+                "num_prompts": len(payloads),
+                "plain_tok_s": measured["plain"]["output_tok_s"],
+                "domino_tok_s": measured["domino"]["output_tok_s"],
+                "backbone_tok_s": measured["backbone"]["output_tok_s"],
+                "speedup_vs_plain": measured["domino"]["output_tok_s"] / max(measured["plain"]["output_tok_s"], 1e-9),
+                "speedup_vs_backbone": measured["domino"]["output_tok_s"] / max(measured["backbone"]["output_tok_s"], 1e-9),
+                "tau_domino": measured["domino"]["tau"],
+                "tau_backbone": measured["backbone"]["tau"],
+                "ttft_ms": {k: v["ttft_ms"] for k, v in measured.items()},
+                "itl_ms": {k: v["itl_ms"] for k, v in measured.items()},
+                "tpot_ms": {k: v["tpot_ms"] for k, v in measured.items()},
+                "failed": {k: v["failed"] for k, v in measured.items()},
+                "domino_output_equals_plain": same,
+            })
+        progress.close()
+    finally:
+        for s in servers.values():
+            s.stop()
+    result = {"target": str(target), "draft": str(draft), "max_new_tokens": args.max_new_tokens,
+              "server_args": extra, "levels": levels}
+    out_json.write_text(json.dumps(result, indent=2))
+    table = markdown_table(levels)
+    out_json.with_suffix(".md").write_text(table + "\n")
+    plot(levels, out_json.with_suffix(".png"))
+    print(table)
+    return result
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--concurrency", default="1,2,4,8,16")
+    p.add_argument("--num-prompts", type=int, default=None, help="per level (default: max(2×concurrency, 8))")
+    p.add_argument("--prompts", default=None, help="JSONL prompts (default: the held-out evaluation prompts)")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--target", default=None)
+    p.add_argument("--draft", default=None)
+    p.add_argument("--port", type=int, default=30100)
+    p.add_argument("--server-args", default="", help="extra flags for every server, one string")
+    p.add_argument("--json", required=True)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    run(parser.parse_args())
