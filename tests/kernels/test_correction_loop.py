@@ -1,0 +1,132 @@
+"""The fused correction loop (the CUDA-graph path's structure) against the eager loop, and the
+CUDA-graph runner's behaviour on a CPU-only machine."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from kernel_env import triton_ready  # noqa: F401  (first: picks the interpreter before triton loads)
+
+from sglang_domino import kernels
+from sglang_domino.kernels.reference import DominoHeadWeights, correction_loop_eager
+
+
+def _block(n: int, p: int = 5, v: int = 300, hdim: int = 32, g: int = 16, r: int = 8, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    head = DominoHeadWeights(
+        w_ih=torch.randn(3 * g, hdim, generator=gen) * 0.3,
+        w_hh=torch.randn(3 * g, g, generator=gen) * 0.3,
+        w1=torch.randn(r, hdim + g, generator=gen) * 0.3,
+        w2=torch.randn(v, r, generator=gen),
+    )
+    embed = torch.randn(v, hdim, generator=gen)
+    base = torch.randn(n, p, v, generator=gen)
+    z = torch.randn(n, p, hdim, generator=gen)
+    bonus = torch.randint(0, v, (n,), generator=gen)
+    return base, z, bonus, embed, head
+
+
+def _to(dev: torch.device, base, z, bonus, embed, head):
+    return (base.to(dev), z.to(dev), bonus.to(dev), embed.to(dev),
+            DominoHeadWeights(*(t.to(dev) for t in (head.w_ih, head.w_hh, head.w1, head.w2))))
+
+
+@pytest.mark.parametrize("n", [1, 3])
+@pytest.mark.parametrize("pdl", [0, 1, 2])
+def test_fused_loop_matches_eager(triton_ready, n: int, pdl: int) -> None:
+    from sglang_domino.kernels.cuda_graph import correction_loop_fused
+
+    base, z, bonus, embed, head = _block(n, seed=10 * n + pdl)
+    expected, _ = correction_loop_eager(base, z, bonus, embed, head, pdl)
+    got = correction_loop_fused(*_to(triton_ready, base, z, bonus, embed, head), pdl, block_v=64)
+    assert got.dtype == torch.int64 and got.shape == expected.shape
+    assert torch.equal(got.cpu(), expected)
+
+
+def test_fused_loop_pruned_and_out_buffer(triton_ready) -> None:
+    from sglang_domino.kernels.cuda_graph import correction_loop_fused
+
+    base, z, bonus, embed, head = _block(2, seed=5)
+    expected, _ = correction_loop_eager(base, z, bonus, embed, head, 1)
+    args = _to(triton_ready, base, z, bonus, embed, head)
+    out = torch.full((2, base.shape[1]), -1, dtype=torch.int64, device=triton_ready)
+    got = correction_loop_fused(*args, 1, prune=True, block_v=32, out=out)
+    assert got.data_ptr() == out.data_ptr()
+    assert torch.equal(out.cpu(), expected)
+
+
+def test_fused_loop_without_head_or_corrected_slots(triton_ready) -> None:
+    from sglang_domino.kernels.cuda_graph import correction_loop_fused
+
+    base, z, bonus, embed, head = _block(2, p=3, seed=6)
+    args = list(_to(triton_ready, base, z, bonus, embed, head))
+    assert torch.equal(correction_loop_fused(*args[:4], None, 0).cpu(), base.argmax(-1))
+    # pure_draft_prefix_len >= P: no slot is corrected, the GRU never runs.
+    assert torch.equal(correction_loop_fused(*args, 3).cpu(), base.argmax(-1))
+
+
+def test_graph_runner_refuses_cleanly_on_cpu() -> None:
+    from sglang_domino.kernels.cuda_graph import CorrectionLoopGraphRunner
+
+    if torch.cuda.is_available():
+        pytest.skip("checks the CPU-only behaviour")
+    base, z, bonus, embed, head = _block(3, seed=8)
+    runner = CorrectionLoopGraphRunner(head, embed, 1, num_proposals=5, vocab_size=300, hidden_size=32,
+                                       base_dtype=torch.float32, z_dtype=torch.float32)
+    assert not runner.graphs_supported
+    assert runner.bucket_for(3) == 4 and runner.bucket_for(32) == 32 and runner.bucket_for(33) is None
+    with pytest.raises(RuntimeError, match="CUDA graphs need CUDA"):
+        runner.capture()
+    with pytest.raises(RuntimeError):
+        runner.static_inputs(2)
+    # Running still answers, through the eager reference (no Triton involved).
+    expected, _ = correction_loop_eager(base, z, bonus, embed, head, 1)
+    assert torch.equal(runner.run(base, z, bonus), expected)
+    big_base, big_z, big_bonus = _block(40, seed=9)[:3]  # larger than every bucket, same head
+    assert torch.equal(runner.run(big_base, big_z, big_bonus),
+                       correction_loop_eager(big_base, big_z, big_bonus, embed, head, 1)[0])
+
+
+def test_package_correction_loop_on_cpu_is_eager() -> None:
+    base, z, bonus, embed, head = _block(3, seed=12)
+    for pdl in (0, 1):
+        got, probs = kernels.correction_loop(base, z, bonus, embed, head, pdl)
+        assert probs is None
+        assert torch.equal(got, correction_loop_eager(base, z, bonus, embed, head, pdl)[0])
+
+    def sampler(logits: torch.Tensor, slot: int):
+        probs = torch.softmax(logits, dim=-1)
+        return torch.argmax(probs, dim=-1), probs
+
+    got, probs = kernels.correction_loop(base, z, bonus, embed, head, 1, select=sampler)
+    assert probs is not None and probs.shape == base.shape
+
+
+def test_package_import_does_not_import_triton() -> None:
+    """The interpreter can only be chosen before the first `import triton`; importing the package
+    (and the CPU-side interface) must leave that choice open."""
+    code = (
+        "import sys, sglang_domino.kernels as k; import sglang_domino.rollout; "
+        "assert 'triton' not in sys.modules, 'triton imported'; "
+        "assert 'correction_loop' in k.__all__"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+@pytest.mark.slow
+def test_kernels_compile_for_sm90() -> None:
+    """Compiler-mode check (no GPU needed): every kernel variant lowers to an sm_90 cubin.
+
+    ~1-2 min on 2 cores with a cold Triton cache (~/.triton/cache), seconds when cached."""
+    from pathlib import Path
+
+    bundled = Path(__import__("importlib").util.find_spec("triton").origin).parent / "backends" / "nvidia" / "bin"
+    if not (bundled / "ptxas").exists():
+        pytest.skip("triton's bundled ptxas is missing")
+    script = Path(__file__).with_name("compile_sm90.py")
+    env = {k: v for k, v in __import__("os").environ.items() if k != "TRITON_INTERPRET"}
+    res = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0 and "ALL OK" in res.stdout, res.stdout[-2000:] + res.stderr[-4000:]
