@@ -1,0 +1,136 @@
+"""Startup contract check: every upstream SGLang name the plugin subclasses, calls or hooks must still exist.
+
+The project pins ``sglang==0.5.23``. The plugin extends SGLang only through its public plugin hooks, by
+subclassing, and through a few :mod:`~sglang_domino.plugin.hooks` on named functions. If an upgrade renames or
+removes one of those names the plugin must refuse to start and say which one, instead of failing somewhere deep
+inside a scheduler process. :func:`check_contract` verifies each entry of :data:`CONTRACT` (module, attribute path
+and, for methods we override or call with keywords, the keyword names we rely on).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from dataclasses import dataclass
+from typing import Optional
+
+PINNED_SGLANG_VERSION = "0.5.23"
+
+
+class ContractError(RuntimeError):
+    """An upstream name the plugin relies on is missing or changed shape."""
+
+
+@dataclass(frozen=True)
+class Requirement:
+    module: str
+    attr: str  # dotted path inside the module
+    why: str
+    params: tuple[str, ...] = ()  # keyword parameters that must be accepted, for callables
+
+    @property
+    def name(self) -> str:
+        return f"{self.module}.{self.attr}"
+
+
+_W2 = "sglang.srt.speculative.dflash_worker_v2"
+
+CONTRACT: tuple[Requirement, ...] = (
+    # --- registration (public plugin API)
+    Requirement("sglang.srt.speculative.spec_info", "SpeculativeAlgorithm.register", "registers DOMINO",
+                ("supports_overlap", "validate_server_args", "spec_class")),
+    Requirement("sglang.srt.speculative.spec_info", "SpeculativeAlgorithm.create_future_map",
+                "DominoSpecAlgo delegates the FutureMap to the builtin"),
+    Requirement("sglang.srt.speculative.spec_registry", "CustomSpecAlgo", "base of DominoSpecAlgo"),
+    Requirement("sglang.srt.speculative.spec_registry", "get_spec", "idempotent registration"),
+    Requirement("sglang.srt.plugins.hook_registry", "HookRegistry.register", "registers the hooks"),
+    Requirement("sglang.srt.plugins.hook_registry", "HookType.AROUND", "hook type of every hook"),
+    # --- the worker we subclass and the methods we override / rely on
+    Requirement(_W2, "DFlashWorkerV2", "base class of DominoWorker"),
+    Requirement(_W2, "DFlashWorkerV2.__init__", "DominoWorker.__init__",
+                ("server_args", "gpu_id", "nccl_port", "target_worker")),
+    Requirement(_W2, "DFlashWorkerV2.forward_batch_generation", "overridden (CPU stream shim)",
+                ("batch", "on_publish", "grammar_barrier", "pp_proxy_tensors")),
+    Requirement(_W2, "DFlashWorkerV2._propose_selector_block", "overridden: Domino drafting",
+                ("draft_logits_output", "bs", "lm_head", "anchor_token_ids", "sampling_info")),
+    Requirement(_W2, "DFlashWorkerV2._accept_block", "overridden: Domino chain verification",
+                ("candidates", "next_token_logits", "sampling_info", "draft_input", "prefix_lens", "bs",
+                 "target_predict")),
+    Requirement(_W2, "DFlashWorkerV2._maybe_build_draft_sampler", "overridden: no in-graph upstream head"),
+    Requirement(_W2, "_commit_accept", "builds the committed block from accept_len and bonus"),
+    Requirement(_W2, "_resolve_dflash_embedding_module", "target embedding used by the drafter"),
+    Requirement("sglang.srt.lora.layers", "unwrap_lora_layer", "plain lm_head / embedding"),
+    Requirement("sglang.srt.models.dflash", "DFlashDraftModel", "upstream draft model (backbone + head modules)"),
+    Requirement("sglang.srt.speculative.dflash_utils", "parse_dflash_draft_config", "hooked: pure_draft_prefix_len",
+                ("draft_hf_config",)),
+    Requirement("sglang.srt.arg_groups.overrides", "resolving_view", "reads server args"),
+    # --- target hidden-state capture at the drafter's target_layer_ids (Llama and Qwen3 families)
+    Requirement("sglang.srt.models.llama", "LlamaForCausalLM.set_dflash_layers_to_capture", "Llama-family capture"),
+    Requirement("sglang.srt.models.qwen3", "Qwen3ForCausalLM.set_dflash_layers_to_capture", "Qwen3-family capture"),
+    # --- hooked functions (sglang_domino.plugin.hooks)
+    Requirement("sglang.srt.speculative.domino_utils", "validate_domino_runtime", "hooked: CUDA-only device check",
+                ("device",)),
+    Requirement("sglang.srt.speculative.draft_worker_common", "resolve_draft_worker_attention_backend",
+                "hooked: torch_native draft attention on CPU", ("algo_label",)),
+    Requirement("sglang.srt.layers.attention.torch_native_backend", "TorchNativeAttnBackend.forward_extend",
+                "hooked: TARGET_VERIFY batches on torch_native",
+                ("q", "k", "v", "layer", "forward_batch", "save_kv_cache")),
+    Requirement("sglang.srt.model_executor.model_runner", "ModelRunner._extend_forward_kwargs",
+                "hooked: keep the draft's dtype for block embeddings", ("forward_batch",)),
+    Requirement("sglang.srt.arg_groups.speculative_hook", "_resolve_speculative_algorithm_alias",
+                "hooked: drafter checked before SGLang reads its config",
+                ("speculative_algorithm", "speculative_draft_model_path")),
+    Requirement("sglang.srt.model_executor.forward_batch_info", "ForwardMode.is_target_verify",
+                "TARGET_VERIFY detection"),
+)
+
+
+def _resolve(req: Requirement):
+    module = importlib.import_module(req.module)
+    obj = module
+    for part in req.attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _missing_params(obj, params: tuple[str, ...]) -> list[str]:
+    if not params:
+        return []
+    try:
+        sig = inspect.signature(obj)
+    except (TypeError, ValueError):
+        return []
+    accepted = sig.parameters
+    if any(p.kind == inspect.Parameter.VAR_KEYWORD for p in accepted.values()):
+        return []
+    return [p for p in params if p not in accepted]
+
+
+def sglang_version() -> Optional[str]:
+    try:
+        from importlib.metadata import version
+
+        return version("sglang")
+    except Exception:  # noqa: BLE001 - metadata may be absent in source trees
+        return None
+
+
+def check_contract(requirements: tuple[Requirement, ...] = CONTRACT) -> None:
+    """Raise :class:`ContractError` naming the first missing upstream name (module + attribute)."""
+    found = sglang_version()
+    pin = f"sglang-domino is pinned to sglang=={PINNED_SGLANG_VERSION}, found {found or 'unknown'}"
+    for req in requirements:
+        try:
+            obj = _resolve(req)
+        except ImportError as exc:
+            raise ContractError(f"SGLang contract check failed: module {req.module} cannot be imported "
+                                f"({exc}); needed for {req.name} ({req.why}); {pin}") from exc
+        except AttributeError as exc:
+            raise ContractError(f"SGLang contract check failed: {req.name} is missing ({req.why}); {pin}") from exc
+        missing = _missing_params(obj, req.params)
+        if missing:
+            raise ContractError(f"SGLang contract check failed: {req.name} no longer accepts "
+                                f"{', '.join(missing)} ({req.why}); {pin}")
+
+
+__all__ = ["CONTRACT", "ContractError", "PINNED_SGLANG_VERSION", "Requirement", "check_contract", "sglang_version"]

@@ -1,0 +1,210 @@
+"""The few HookRegistry hooks the Domino worker needs, each scoped as narrowly as SGLang allows.
+
+Everything else is done by subclassing (``worker.DominoWorker``, ``spec.DominoSpecAlgo``). These hooks exist
+because the code they touch runs *inside* ``DFlashWorkerV2.__init__`` (or inside an attention backend) and
+cannot be reached from a subclass. Each one is an AROUND hook that changes behaviour only for Domino -- while a
+``DominoWorker`` is being constructed (:data:`building_domino_worker`), in a process serving DOMINO
+(:func:`domino_is_active`), for ``--speculative-algorithm domino``, for our own draft runner -- or only for
+batches that would otherwise crash, and calls the original otherwise. Every target is listed in :mod:`.contract`.
+
+1. ``domino_utils.validate_domino_runtime``: upstream refuses any device but CUDA and any dtype but BF16 (its
+   first and last checks). For our worker those two are skipped -- the original still runs every other check in
+   between (vocab sizes, lm_head shards, head shapes) -- because our rollout is plain PyTorch that runs on any
+   device and in any floating dtype.
+2. ``dflash_utils.parse_dflash_draft_config``: upstream accepts only ``pure_draft_prefix_len == 1`` (its rollout
+   hard-codes it). Our rollout implements any value, so in a Domino process (the target runner parses the draft
+   config too, to set up hidden-state capture) a Domino config with another value is parsed as if it were 1 and the
+   real value is put back on the result.
+3. ``draft_worker_common.resolve_draft_worker_attention_backend``: torch_native is not in upstream's list of draft
+   attention backends, and the fallback (flashinfer) cannot run on CPU. For our worker, a requested
+   ``torch_native`` backend is kept.
+4. ``TorchNativeAttnBackend.forward_extend``: torch_native does not implement TARGET_VERIFY batches (DFlash runs
+   both the draft block and the target verify as TARGET_VERIFY; their ``extend_prefix_lens`` are None and
+   ``seq_lens`` excludes the block). Such a batch is presented to the unchanged extend kernel as what it is: an
+   extend of ``draft_token_num`` tokens after ``seq_lens`` committed ones. Other modes are untouched.
+5. ``ModelRunner._extend_forward_kwargs``: upstream casts ``forward_batch.input_embeds`` to bf16 unconditionally.
+   DFlash feeds the draft its block embeddings that way, which breaks a float32 draft (dtype mismatch) and
+   rounds the block embeddings. Only for the draft runner of a DominoWorker (marked with
+   ``domino_keep_input_embeds_dtype``) the embeddings are passed in the runner's own dtype.
+6. ``speculative_hook._resolve_speculative_algorithm_alias``: SGLang reads the draft's config.json through the
+   HF hub helpers for *every* algorithm, before the registered ``validate_server_args`` runs, so a missing or
+   config-less drafter would fail there with a hub error ("Repo id must be in the form ..."). For
+   ``--speculative-algorithm domino`` only, the drafter checkpoint is checked first, with our one-line message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import copy
+import logging
+from typing import Any, Iterator
+
+logger = logging.getLogger(__name__)
+
+building_domino_worker: contextvars.ContextVar[bool] = contextvars.ContextVar("building_domino_worker", default=False)
+
+
+@contextlib.contextmanager
+def domino_worker_scope() -> Iterator[None]:
+    token = building_domino_worker.set(True)
+    try:
+        yield
+    finally:
+        building_domino_worker.reset(token)
+
+
+def domino_is_active() -> bool:
+    """True while a DominoWorker is built, or in a process whose speculative algorithm is DOMINO."""
+    if building_domino_worker.get():
+        return True
+    try:
+        from sglang.srt.runtime_context import get_spec
+
+        return str(get_spec().speculative_algorithm or "").upper() == "DOMINO"
+    except Exception:  # noqa: BLE001 - runtime context not published yet (launcher, tests)
+        return False
+
+
+# 1 -------------------------------------------------------------------------------------------------------------
+_BF16_ONLY = "requires BF16"
+
+
+def _validate_domino_runtime(original, *args: Any, **kwargs: Any):
+    if not building_domino_worker.get():
+        return original(*args, **kwargs)
+    device = kwargs.get("device")
+    if device is not None and getattr(device, "type", "cuda") != "cuda":
+        import torch
+
+        # Only the first check of the original reads `device`; keep all the others.
+        kwargs["device"] = torch.device("cuda")
+    try:
+        return original(*args, **kwargs)
+    except ValueError as exc:
+        # The dtype check is the original's last statement: every structural check before it has passed.
+        # Our rollout runs in any floating dtype (fp32 on CPU, for exact comparisons).
+        if _BF16_ONLY in str(exc):
+            return None
+        raise
+
+
+# 2 -------------------------------------------------------------------------------------------------------------
+def _dflash_section(cfg: Any) -> tuple[Any, Any]:
+    """(container, dflash_config mapping) of an HF config object or dict; (None, None) when absent."""
+    if isinstance(cfg, dict):
+        return cfg, cfg.get("dflash_config")
+    return cfg, getattr(cfg, "dflash_config", None)
+
+
+def _parse_dflash_draft_config(original, *args: Any, **kwargs: Any):
+    if not domino_is_active():
+        return original(*args, **kwargs)
+    cfg = kwargs.get("draft_hf_config", args[0] if args else None)
+    _, section = _dflash_section(cfg)
+    real = None
+    if isinstance(section, dict) and section.get("projector_type") == "domino":
+        real = section.get("pure_draft_prefix_len")
+    if real is None or real == 1:
+        return original(*args, **kwargs)
+    patched_cfg = copy.copy(cfg) if not isinstance(cfg, dict) else dict(cfg)
+    patched_section = dict(section, pure_draft_prefix_len=1)
+    if isinstance(patched_cfg, dict):
+        patched_cfg["dflash_config"] = patched_section
+    else:
+        patched_cfg.dflash_config = patched_section
+    result = original(draft_hf_config=patched_cfg)
+    try:
+        result.pure_draft_prefix_len = int(real)
+    except Exception:  # noqa: BLE001 - a frozen result keeps 1; our worker reads the value from DominoConfig
+        pass
+    return result
+
+
+# 3 -------------------------------------------------------------------------------------------------------------
+def _resolve_draft_attention_backend(original, *args: Any, **kwargs: Any):
+    if building_domino_worker.get():
+        from sglang.srt.runtime_context import attention_backends, get_spec
+
+        requested = get_spec().speculative_draft_attention_backend
+        if requested is None:
+            requested, _ = attention_backends()
+        if requested == "torch_native":
+            return "torch_native"
+    return original(*args, **kwargs)
+
+
+# 4 -------------------------------------------------------------------------------------------------------------
+class _VerifyAsExtend:
+    """A ForwardBatch seen as an extend: ``draft_token_num`` new tokens after ``seq_lens`` committed ones."""
+
+    def __init__(self, forward_batch: Any, num_new: int) -> None:
+        import torch
+
+        self._fb = forward_batch
+        committed = forward_batch.seq_lens
+        self.extend_prefix_lens = committed
+        self.extend_seq_lens = torch.full_like(committed, num_new)
+        self.seq_lens = committed + num_new
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._fb, name)
+
+
+def _torch_native_forward_extend(original, self, q, k, v, layer, forward_batch, *args: Any, **kwargs: Any):
+    mode = getattr(forward_batch, "forward_mode", None)
+    if (mode is not None and mode.is_target_verify() and forward_batch.extend_prefix_lens is None
+            and forward_batch.spec_info is not None):
+        num_new = int(forward_batch.spec_info.draft_token_num)
+        forward_batch = _VerifyAsExtend(forward_batch, num_new)
+    return original(self, q, k, v, layer, forward_batch, *args, **kwargs)
+
+
+# 5 -------------------------------------------------------------------------------------------------------------
+def _extend_forward_kwargs(original, self, forward_batch, *args: Any, **kwargs: Any):
+    result = original(self, forward_batch, *args, **kwargs)
+    embeds = getattr(forward_batch, "input_embeds", None)
+    if (getattr(self, "domino_keep_input_embeds_dtype", False) and embeds is not None
+            and isinstance(result, dict) and "input_embeds" in result):
+        result["input_embeds"] = embeds.to(self.dtype)
+    return result
+
+
+# 6 -------------------------------------------------------------------------------------------------------------
+def _resolve_speculative_algorithm_alias(original, speculative_algorithm=None, speculative_draft_model_path=None,
+                                         *args: Any, **kwargs: Any):
+    if isinstance(speculative_algorithm, str) and speculative_algorithm.upper() == "DOMINO":
+        from sglang_domino.plugin.validate import check_drafter_checkpoint
+
+        check_drafter_checkpoint(speculative_draft_model_path)
+    return original(speculative_algorithm, speculative_draft_model_path, *args, **kwargs)
+
+
+HOOKS = (
+    ("sglang.srt.speculative.domino_utils.validate_domino_runtime", _validate_domino_runtime),
+    ("sglang.srt.speculative.dflash_utils.parse_dflash_draft_config", _parse_dflash_draft_config),
+    ("sglang.srt.speculative.draft_worker_common.resolve_draft_worker_attention_backend",
+     _resolve_draft_attention_backend),
+    ("sglang.srt.layers.attention.torch_native_backend.TorchNativeAttnBackend.forward_extend",
+     _torch_native_forward_extend),
+    ("sglang.srt.model_executor.model_runner.ModelRunner._extend_forward_kwargs", _extend_forward_kwargs),
+    ("sglang.srt.arg_groups.speculative_hook._resolve_speculative_algorithm_alias",
+     _resolve_speculative_algorithm_alias),
+)
+
+_registered = False
+
+
+def register_hooks() -> None:
+    """Register every hook once per process (``load_plugins`` applies them right after the plugins ran)."""
+    global _registered
+    if _registered:
+        return
+    from sglang.srt.plugins.hook_registry import HookRegistry, HookType
+
+    for target, fn in HOOKS:
+        HookRegistry.register(target, fn, HookType.AROUND)
+    _registered = True
+
+
+__all__ = ["HOOKS", "building_domino_worker", "domino_worker_scope", "register_hooks"]

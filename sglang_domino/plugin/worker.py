@@ -1,0 +1,222 @@
+"""DominoWorker: SGLang's ``DFlashWorkerV2`` with the Domino rollout and chain verification of this package.
+
+What is reused from upstream, unchanged: the whole scheduling contract of ``DFlashWorkerV2`` -- target prefill
+with hidden-state capture at the draft's ``target_layer_ids``, the draft K/V of the context kept in SGLang's
+memory pools (written from the captured target hidden states, only for committed tokens), the backbone
+forward of the block ``[bonus, MASK × (B−1)]`` through the draft model runner, the target verify forward,
+logits adjustments (penalties, logit bias, grammar masks), logprobs, KV bookkeeping of rejected slots, and the
+next-draft-input plumbing. ``DFlashDraftModel`` loads the checkpoint (backbone + ``prefix_gru`` / ``embed_proj``).
+
+What is overridden, and why:
+
+* drafting (``_propose_selector_block``): upstream's Domino rollout is greedy-only, restricted to
+  ``pure_draft_prefix_len == 1``, to CUDA/bf16, and by default to a top-2048 candidate pool. We call
+  :func:`sglang_domino.rollout.draft_from_hidden` instead: exact full-vocabulary correction, any
+  ``pure_draft_prefix_len``, any device and dtype, and -- for sampled requests -- drafts drawn from the filtered
+  draft distribution, whose probabilities are kept for verification. Upstream dispatches to this method when
+  ``self.selector`` is set, so the worker sets it to a marker (:data:`DOMINO_PROPOSER`) and clears
+  ``_is_domino`` so that upstream's own rollout never runs.
+* verification (``_accept_block``): :func:`sglang_domino.verify.verify_greedy` /
+  :func:`~sglang_domino.verify.verify_sampling` (lossless speculative sampling with the real draft
+  probabilities; upstream treats a Domino draft as a point mass).
+* ``_maybe_build_draft_sampler``: upstream would fold its own greedy rollout into the draft CUDA graph; we keep
+  the backbone graph and run the rollout after it.
+* ``forward_batch_generation``: only on devices without streams (CPU), lets upstream's
+  ``seq_lens.record_stream(...)`` be a no-op for that one tensor, then defers to upstream.
+
+Hooks that must act inside ``DFlashWorkerV2.__init__`` are in :mod:`.hooks`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from typing import Any, Optional
+
+import torch
+
+from sglang.srt.lora.layers import unwrap_lora_layer
+from sglang.srt.speculative.dflash_worker_v2 import (
+    DFlashWorkerV2,
+    _commit_accept,
+    _resolve_dflash_embedding_module,
+)
+
+from sglang_domino.config import DominoConfig
+from sglang_domino.kernels import DominoHeadWeights
+from sglang_domino.plugin.hooks import domino_worker_scope
+from sglang_domino.rollout import draft_from_hidden
+from sglang_domino.sampling import SamplingParams
+from sglang_domino.verify import VerifyResult, accepted_prefix_len, verify_greedy, verify_sampling
+
+logger = logging.getLogger(__name__)
+
+# Debug/test hook: one JSON line per verified request-block (rid, position, bonus, drafts, accept_len).
+DRAFT_LOG_ENV = "SGLANG_DOMINO_DRAFT_LOG"
+
+
+class _DominoProposer:
+    """Marker stored in ``DFlashWorkerV2.selector``: upstream then routes drafting to ``_propose_selector_block``."""
+
+    top_k = 0
+
+    def __bool__(self) -> bool:
+        return True
+
+    def __repr__(self) -> str:
+        return "DominoProposer"
+
+
+DOMINO_PROPOSER = _DominoProposer()
+
+
+def sampling_params_from_batch(sampling_info: Any, bs: int) -> Optional[SamplingParams]:
+    """SGLang's per-request sampling parameters as ours; None when every request is greedy.
+
+    SGLang stores greedy requests as temperature 1, top_k 1 (and "no top-k" as 2**30), which our filtered
+    distribution reads as a one-hot argmax (and no top-k) -- the same distribution SGLang samples from.
+    """
+    if sampling_info is None or sampling_info.is_all_greedy:
+        return None
+    min_p = sampling_info.min_ps[:bs].to(torch.float32) if sampling_info.need_min_p_sampling else None
+    return SamplingParams(
+        temperature=sampling_info.temperatures.reshape(-1)[:bs].to(torch.float32),
+        top_k=sampling_info.top_ks[:bs].to(torch.int64),
+        top_p=sampling_info.top_ps[:bs].to(torch.float32),
+        min_p=min_p,
+    )
+
+
+class DominoWorker(DFlashWorkerV2):
+    """``--speculative-algorithm domino``: DFlash backbone + Domino head, exact and lossless."""
+
+    def __init__(self, server_args, gpu_id: int, nccl_port: int, target_worker) -> None:
+        with domino_worker_scope():
+            super().__init__(server_args=server_args, gpu_id=gpu_id, nccl_port=nccl_port,
+                             target_worker=target_worker)
+        from sglang.srt.arg_groups.overrides import resolving_view
+
+        draft_path = resolving_view(server_args).speculative_draft_model_path
+        self.domino_config = DominoConfig.from_pretrained(draft_path)
+        # Route drafting through _propose_selector_block; upstream's own Domino rollout must never run.
+        self._is_domino = False
+        self.selector = DOMINO_PROPOSER
+        self._selector_sample = None
+        self._domino_pending: Optional[tuple[Optional[torch.Tensor], Optional[SamplingParams]]] = None
+        self._domino_batch = None
+        self._no_streams = torch.device(self.device).type == "cpu"
+        if torch.device(self.device).type != "cuda":
+            # The fused qk-norm+rope Triton path (bf16 + neox) launches GPU kernels; use the plain branch.
+            for layer in self.draft_model.layers:
+                if getattr(layer.self_attn, "use_table_qk_norm_rope", False):
+                    layer.self_attn.use_table_qk_norm_rope = False
+        self._draft_log_path = os.environ.get(DRAFT_LOG_ENV) or None
+        self._draft_log_lock = threading.Lock()
+        # Upstream casts the block embeddings to bf16 before every draft forward; keep the draft's own dtype
+        # (fp32 serving) -- see hooks._extend_forward_kwargs.
+        self.draft_model_runner.domino_keep_input_embeds_dtype = True
+        head = self.domino_head()
+        logger.info(
+            "Domino worker ready: block_size=%d, shift_label=%s, pure_draft_prefix_len=%d, head=%s, device=%s, "
+            "exact full-vocabulary correction, sampling verify with draft probabilities",
+            self.block_size, self.domino_config.shift_label, self.domino_config.pure_draft_prefix_len,
+            "domino" if head is not None else "none (plain DFlash backbone)", self.device,
+        )
+
+    # ---------------------------------------------------------------- weights
+    def domino_head(self) -> Optional[DominoHeadWeights]:
+        gru, proj = getattr(self.draft_model, "prefix_gru", None), getattr(self.draft_model, "embed_proj", None)
+        if gru is None or proj is None:
+            return None
+        return DominoHeadWeights(w_ih=gru.weight_ih_l0, w_hh=gru.weight_hh_l0, w1=proj[0].weight, w2=proj[2].weight)
+
+    def _target_weights(self, lm_head) -> tuple[torch.Tensor, torch.Tensor]:
+        vocab = int(self.model_runner.model_config.vocab_size)
+        target_model = self.target_worker.model_runner.model
+        embed = unwrap_lora_layer(_resolve_dflash_embedding_module(self.draft_model, target_model))
+        return embed.weight[:vocab], lm_head.weight[:vocab]
+
+    # ------------------------------------------------------------- overrides
+    def _maybe_build_draft_sampler(self):
+        # The draft CUDA graph (if any) captures the backbone only; the rollout runs after it.
+        return None
+
+    def forward_batch_generation(self, batch, on_publish=None, grammar_barrier=None, pp_proxy_tensors=None):
+        self._domino_batch = batch
+        seq_lens = getattr(batch, "seq_lens", None)
+        shimmed = False
+        if self._no_streams and isinstance(seq_lens, torch.Tensor) and not batch.forward_mode.is_extend():
+            # Upstream records the carried-over seq_lens on the current CUDA stream; a CPU tensor has no stream
+            # and Tensor.record_stream rejects it. An instance attribute shadows the method for this tensor only.
+            seq_lens.record_stream = lambda stream: None
+            shimmed = True
+        try:
+            return super().forward_batch_generation(batch, on_publish=on_publish, grammar_barrier=grammar_barrier,
+                                                    pp_proxy_tensors=pp_proxy_tensors)
+        finally:
+            if shimmed:
+                del seq_lens.record_stream
+            self._domino_batch = None
+            self._domino_pending = None
+
+    def _propose_selector_block(self, *, draft_logits_output, bs: int, lm_head, anchor_token_ids: torch.Tensor,
+                                sampling_info) -> torch.Tensor:
+        """Draft B−1 tokens per request from the backbone output: :func:`sglang_domino.rollout.draft_from_hidden`."""
+        hidden = draft_logits_output.hidden_states
+        if hidden is None:
+            raise RuntimeError("Domino: the draft model returned no hidden states")
+        block_size = int(self.block_size)
+        draft_hidden = hidden[: bs * block_size].view(bs, block_size, -1)
+        embed_weight, lm_head_weight = self._target_weights(lm_head)
+        params = sampling_params_from_batch(sampling_info, bs)
+        block = draft_from_hidden(
+            draft_hidden, anchor_token_ids.to(torch.int64), embed_weight, lm_head_weight, self.domino_head(),
+            shift_label=bool(self.domino_config.shift_label),
+            pure_draft_prefix_len=int(self.domino_config.pure_draft_prefix_len),
+            sampling=params,
+        )
+        self._domino_pending = (block.probs, params)
+        return block.tokens
+
+    def _accept_block(self, *, candidates: torch.Tensor, next_token_logits: Optional[torch.Tensor], sampling_info,
+                      draft_input, prefix_lens: torch.Tensor, bs: int, target_predict: Optional[torch.Tensor] = None):
+        """Chain verification of ``candidates`` = [bonus, d_1 .. d_{B−1}] against the target's B logit rows."""
+        probs, params = self._domino_pending if self._domino_pending is not None else (None, None)
+        self._domino_pending = None
+        block_size = int(self.block_size)
+        drafts = candidates[:, 1:]
+        if params is None:
+            if next_token_logits is not None:
+                verdict = verify_greedy(drafts, next_token_logits.view(bs, block_size, -1))
+            else:  # the target logits processor handed over its argmax only
+                target_top1 = target_predict.view(bs, block_size).to(torch.int64)
+                accept_len = accepted_prefix_len(drafts == target_top1[:, :-1])
+                verdict = VerifyResult(accept_len, target_top1.gather(1, accept_len[:, None]).squeeze(1))
+        else:
+            if probs is None or next_token_logits is None:
+                raise RuntimeError("Domino: sampling verification needs the draft probabilities and target logits")
+            verdict = verify_sampling(drafts, probs, next_token_logits.view(bs, block_size, -1).to(torch.float32),
+                                      params)
+        accept_len = verdict.accept_len.to(torch.int32)
+        bonus = verdict.bonus.to(torch.int64)
+        out_tokens, commit_lens = _commit_accept(candidates, accept_len, bonus)
+        if self._draft_log_path:
+            self._log_drafts(candidates, accept_len, prefix_lens)
+        return accept_len, commit_lens, bonus, out_tokens, None
+
+    # ------------------------------------------------------------------ debug
+    def _log_drafts(self, candidates: torch.Tensor, accept_len: torch.Tensor, prefix_lens: torch.Tensor) -> None:
+        batch = self._domino_batch
+        rids = [getattr(req, "rid", None) for req in getattr(batch, "reqs", [])] if batch is not None else []
+        rows = candidates.tolist()
+        accepts = accept_len.tolist()
+        positions = prefix_lens.tolist()
+        with self._draft_log_lock, open(self._draft_log_path, "a") as fh:
+            for i, row in enumerate(rows):
+                fh.write(json.dumps({"rid": rids[i] if i < len(rids) else None, "pos": int(positions[i]),
+                                     "bonus": row[0], "drafts": row[1:], "accept": int(accepts[i])}) + "\n")
+
+
+__all__ = ["DOMINO_PROPOSER", "DRAFT_LOG_ENV", "DominoWorker", "sampling_params_from_batch"]

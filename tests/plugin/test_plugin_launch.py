@@ -1,0 +1,57 @@
+"""``sglang-domino serve``: the SGLang command it runs, flag pass-through, and the up-front drafter check."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from conftest import random_drafter
+
+from sglang_domino import save_drafter
+from sglang_domino.server.launch import build_command, curl_example
+
+
+def test_cpu_command_is_plain_sglang_with_domino_flags() -> None:
+    cmd, env = build_command("T", "D", "127.0.0.1", 30000, ["--dtype", "float32", "--log-level", "warning"], cpu=True)
+    assert cmd[1:3] == ["-m", "sglang.launch_server"]
+    joined = " ".join(cmd)
+    assert "--model-path T" in joined and "--speculative-algorithm domino" in joined
+    assert "--speculative-draft-model-path D" in joined and "--device cpu" in joined
+    assert "--attention-backend torch_native" in joined and env["SGLANG_USE_CPU_ENGINE"] == "1"
+    assert cmd.count("--dtype") == 1 and cmd[-4:] == ["--dtype", "float32", "--log-level", "warning"]
+    assert "--host 127.0.0.1 --port 30000" in joined
+
+
+def test_cuda_command_has_no_cpu_flags() -> None:
+    cmd, env = build_command("T", "D", "127.0.0.1", 30000, [], cpu=False)
+    assert "--device" not in cmd
+    assert "--attention-backend" not in cmd
+
+
+def test_baseline_command_has_no_speculation() -> None:
+    cmd, _ = build_command("T", None, "127.0.0.1", 30001, [], cpu=True)
+    assert "--speculative-algorithm" not in cmd
+
+
+def test_cli_passes_unknown_flags_to_sglang(tmp_path) -> None:
+    draft = save_drafter(random_drafter(), tmp_path / "d")
+    out = subprocess.run([sys.executable, "-m", "sglang_domino.cli", "serve", "--target", "/t", "--draft", str(draft),
+                          "--print-command", "--dtype", "float32", "--context-length", "128", "--port", "31234"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    line = out.stdout.strip()
+    assert "--dtype float32" in line and "--context-length 128" in line and "--port 31234" in line
+
+
+def test_serve_refuses_bad_drafter_with_one_line(tmp_path) -> None:
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "config.json").write_text("{}")
+    out = subprocess.run([sys.executable, "-m", "sglang_domino.cli", "serve", "--target", str(tmp_path),
+                          "--draft", str(tmp_path / "bad")], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    lines = [l for l in out.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: sglang-domino: drafter"), out.stderr
+
+
+def test_curl_example_targets_generate() -> None:
+    assert curl_example("http://127.0.0.1:30000").startswith("curl -s http://127.0.0.1:30000/generate")

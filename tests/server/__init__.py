@@ -1,0 +1,1 @@
+"""Real-server tests (package so its conftest does not shadow tests/conftest.py as module `conftest`)."""

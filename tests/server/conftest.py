@@ -1,0 +1,169 @@
+"""Real SGLang servers on loopback, shared by the whole server suite (session scope).
+
+* ``tiny_pair``: the tiny predictable target + hand-built Domino drafter of :mod:`tiny_pair`, written to a tmp dir.
+* ``servers``: the *same* ``python -m sglang.launch_server`` twice, started concurrently, in float32 (REFERENCE §6:
+  bf16 verify/decode rounding makes near-ties diverge) -- once plain, once with
+  ``--speculative-algorithm domino`` (no wrapper: the plugin is loaded through its entry point). The Domino server
+  writes every verified block to a draft log (``SGLANG_DOMINO_DRAFT_LOG``) so tests can check drafts and where a
+  request ended inside a block.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import pytest
+import requests
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import tiny_pair  # noqa: E402
+
+SERVER_START_TIMEOUT = float(os.environ.get("SGLANG_DOMINO_TEST_START_TIMEOUT", "600"))
+COMMON_FLAGS = ["--dtype", "float32", "--max-total-tokens", "16384", "--decode-log-interval", "1",
+                "--max-running-requests", "32", "--watchdog-timeout", "600", "--sleep-on-idle"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(SGLANG_USE_CPU_ENGINE="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    env.update(extra)
+    return env
+
+
+def launch_cmd(target: Path, port: int, *extra: str, draft: Optional[Path] = None) -> list[str]:
+    cmd = [sys.executable, "-m", "sglang.launch_server", "--model-path", str(target), "--host", "127.0.0.1",
+           "--port", str(port), "--device", "cpu", "--attention-backend", "torch_native", *COMMON_FLAGS]
+    if draft is not None:
+        cmd += ["--speculative-algorithm", "domino", "--speculative-draft-model-path", str(draft)]
+    return cmd + list(extra)
+
+
+@dataclass
+class Server:
+    name: str
+    url: str
+    proc: subprocess.Popen
+    log: Path
+    draft_log: Optional[Path] = None
+    started_s: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    def generate(self, timeout: float = 300, **payload) -> dict:
+        r = requests.post(self.url + "/generate", json=payload, timeout=timeout)
+        r.raise_for_status()
+        return r.json()
+
+    def post(self, path: str, payload: dict, timeout: float = 300) -> requests.Response:
+        return requests.post(self.url + path, json=payload, timeout=timeout)
+
+    def server_info(self) -> dict:
+        return requests.get(self.url + "/get_server_info", timeout=60).json()
+
+    def draft_records(self, rid: Optional[str] = None) -> list[dict]:
+        if self.draft_log is None or not self.draft_log.exists():
+            return []
+        records = [json.loads(line) for line in self.draft_log.read_text().splitlines() if line.strip()]
+        return [r for r in records if rid is None or r["rid"] == rid]
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def tail(self, n: int = 40) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+
+def start_server(name: str, cmd: list[str], env: dict, log: Path) -> tuple[subprocess.Popen, float]:
+    fh = open(log, "w")
+    proc = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+    return proc, time.monotonic()
+
+
+def wait_ready(server: Server, timeout: float = SERVER_START_TIMEOUT) -> None:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if not server.alive():
+            raise RuntimeError(f"{server.name} server exited during start-up:\n{server.tail()}")
+        try:
+            if requests.get(server.url + "/health", timeout=5).status_code == 200:
+                server.started_s = time.monotonic() - server.extra["t_launch"]
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(1.0)
+    raise RuntimeError(f"{server.name} server not healthy after {timeout:.0f} s:\n{server.tail()}")
+
+
+def stop(server: Server) -> None:
+    if server.proc.poll() is None:
+        try:
+            os.killpg(server.proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        try:
+            server.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.proc.pid, signal.SIGKILL)
+            server.proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory) -> tiny_pair.TinyPair:
+    return tiny_pair.build_pair(tmp_path_factory.mktemp("tiny_pair"))
+
+
+@pytest.fixture(scope="session")
+def servers(tiny, tmp_path_factory):
+    """{'plain': Server, 'domino': Server}, started concurrently and shared by every server test."""
+    logs = tmp_path_factory.mktemp("server_logs")
+    draft_log = logs / "drafts.jsonl"
+    specs = {
+        "plain": (launch_cmd(tiny.target, free_port()), cpu_env(), None),
+        "domino": (launch_cmd(tiny.target, free_port(), draft=tiny.drafter),
+                   cpu_env(SGLANG_DOMINO_DRAFT_LOG=str(draft_log)), draft_log),
+    }
+    running: dict[str, Server] = {}
+    try:
+        for name, (cmd, env, dlog) in specs.items():
+            port = cmd[cmd.index("--port") + 1]
+            proc, t0 = start_server(name, cmd, env, logs / f"{name}.log")
+            running[name] = Server(name, f"http://127.0.0.1:{port}", proc, logs / f"{name}.log", dlog,
+                                   extra={"t_launch": t0, "cmd": cmd})
+        errors: list[BaseException] = []
+
+        def _wait(s: Server) -> None:
+            try:
+                wait_ready(s)
+            except BaseException as exc:  # noqa: BLE001
+                errors.append(exc)
+
+        threads = [threading.Thread(target=_wait, args=(s,)) for s in running.values()]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
+        yield running
+    finally:
+        for s in running.values():
+            stop(s)

@@ -1,0 +1,122 @@
+"""Scheduler features inside accepted blocks: streaming, n > 1, logprobs, abort/disconnect, 4xx, acceptance stats."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+import requests
+
+pytestmark = [pytest.mark.server, pytest.mark.timeout(600)]
+
+PROMPT = [40, 81, 7, 300, 12, 99, 150, 44]
+GREEDY = {"temperature": 0, "max_new_tokens": 40, "ignore_eos": True}
+
+
+@pytest.fixture(scope="module")
+def reference(servers) -> dict:
+    return servers["plain"].generate(input_ids=PROMPT, sampling_params=GREEDY, return_logprob=True,
+                                     top_logprobs_num=3)
+
+
+def _stream(server, payload: dict, max_chunks: int | None = None) -> list[dict]:
+    chunks = []
+    with requests.post(server.url + "/generate", json=dict(payload, stream=True), stream=True, timeout=300) as r:
+        r.raise_for_status()
+        for line in r.iter_lines():
+            if not line or line == b"data: [DONE]":
+                continue
+            chunks.append(json.loads(line.decode()[len("data: "):]))
+            if max_chunks is not None and len(chunks) >= max_chunks:
+                break  # leaving the with-block closes the connection: a client disconnect
+    return chunks
+
+
+def test_streaming_equals_plain(servers, reference) -> None:
+    chunks = _stream(servers["domino"], {"input_ids": PROMPT, "sampling_params": GREEDY})
+    assert chunks[-1]["output_ids"] == reference["output_ids"]
+    assert chunks[-1]["text"] == reference["text"]
+    # Several tokens per chunk: accepted blocks are streamed as they are verified.
+    assert 1 < len(chunks) < len(reference["output_ids"])
+
+
+def test_n_greater_than_one(servers, reference) -> None:
+    outs = servers["domino"].generate(input_ids=PROMPT, sampling_params=dict(GREEDY, n=3))
+    assert isinstance(outs, list) and len(outs) == 3
+    for out in outs:
+        assert out["output_ids"] == reference["output_ids"]
+
+
+def test_logprobs_equal_plain(servers, reference) -> None:
+    out = servers["domino"].generate(input_ids=PROMPT, sampling_params=GREEDY, return_logprob=True, top_logprobs_num=3)
+    mine, ref = out["meta_info"]["output_token_logprobs"], reference["meta_info"]["output_token_logprobs"]
+    assert [t[1] for t in mine] == [t[1] for t in ref]
+    assert [t[0] for t in mine] == pytest.approx([t[0] for t in ref], abs=1e-4)
+    top_mine, top_ref = out["meta_info"]["output_top_logprobs"], reference["meta_info"]["output_top_logprobs"]
+    assert [[t[1] for t in row] for row in top_mine] == [[t[1] for t in row] for row in top_ref]
+
+
+def test_client_disconnect_then_server_still_exact(servers, reference) -> None:
+    long = {"input_ids": PROMPT, "sampling_params": {"temperature": 0, "max_new_tokens": 600, "ignore_eos": True}}
+    chunks = _stream(servers["domino"], long, max_chunks=2)
+    assert len(chunks) == 2
+    time.sleep(1.0)
+    assert servers["domino"].alive()
+    out = servers["domino"].generate(input_ids=PROMPT, sampling_params=GREEDY)
+    assert out["output_ids"] == reference["output_ids"]
+
+
+def test_abort_request(servers, reference) -> None:
+    rid = "abort-me"
+    result = {}
+
+    def run():
+        result["out"] = servers["domino"].generate(
+            rid=rid, input_ids=PROMPT, sampling_params={"temperature": 0, "max_new_tokens": 1500, "ignore_eos": True})
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    time.sleep(2.0)
+    servers["domino"].post("/abort_request", {"rid": rid})
+    thread.join(timeout=300)
+    assert not thread.is_alive()
+    out = result["out"]
+    assert out["meta_info"]["finish_reason"]["type"] == "abort"
+    assert out["output_ids"][: len(reference["output_ids"])] == reference["output_ids"][: len(out["output_ids"])]
+    assert servers["domino"].generate(input_ids=PROMPT, sampling_params=GREEDY)["output_ids"] == reference["output_ids"]
+
+
+def test_bad_requests_get_normal_4xx(servers) -> None:
+    for server in (servers["domino"], servers["plain"]):
+        r = server.post("/generate", {"input_ids": PROMPT, "sampling_params": {"temperature": -1}})
+        assert r.status_code == 400, r.text
+        r = server.post("/generate", {"input_ids": PROMPT, "sampling_params": {"top_p": 2.0}})
+        assert r.status_code == 400, r.text
+    r = servers["domino"].post("/v1/chat/completions", {"model": "m", "messages": "not a list"})
+    assert 400 <= r.status_code < 500
+
+
+def test_openai_chat_with_stop(servers) -> None:
+    body = {"model": "m", "messages": [{"role": "user", "content": "Hello there"}], "max_tokens": 30,
+            "temperature": 0}
+    a = servers["plain"].post("/v1/chat/completions", body).json()["choices"][0]["message"]["content"]
+    b = servers["domino"].post("/v1/chat/completions", body).json()["choices"][0]["message"]["content"]
+    assert a == b
+    if len(a) > 8:
+        stop = a[len(a) // 2 : len(a) // 2 + 2]
+        body["stop"] = [stop]
+        a2 = servers["plain"].post("/v1/chat/completions", body).json()["choices"][0]["message"]["content"]
+        b2 = servers["domino"].post("/v1/chat/completions", body).json()["choices"][0]["message"]["content"]
+        assert a2 == b2
+
+
+def test_acceptance_visible_the_sglang_way(servers) -> None:
+    out = servers["domino"].generate(input_ids=PROMPT, sampling_params=GREEDY)
+    meta = out["meta_info"]
+    assert 0 < meta["spec_verify_ct"] < meta["completion_tokens"]
+    info = servers["domino"].server_info()
+    state = info["internal_states"][0]
+    assert state["avg_spec_accept_length"] > 1.5, state.get("avg_spec_accept_length")
+    assert info["speculative_algorithm"] == "DOMINO"
