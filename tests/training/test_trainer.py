@@ -1,0 +1,289 @@
+"""End-to-end training on a tiny random Llama target: learning, exact resume, skipping, caching, export parity."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sglang_domino.checkpoint import load_drafter
+from sglang_domino.offline import target_features
+from sglang_domino.rollout import greedy_rollout
+from sglang_domino.training.loss import teacher_forced_logits
+from sglang_domino.training.trainer import (
+    DominoTrainer,
+    FeatureCache,
+    FrozenTarget,
+    TargetFeatureExtractor,
+    TrainBatch,
+    TrainingError,
+    forward_blocks,
+    load_examples,
+    pad_batch,
+    parse_train_args,
+    train,
+)
+
+VOCAB, MASK = 64, 5
+CYCLE = [10, 11, 12, 13, 14, 15, 16]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny tensors: one thread avoids OpenMP spin contention on a shared 2-core machine.
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory) -> Path:
+    """A 4-layer random Llama target (fp32, tied embeddings) and 32 pre-tokenised conversations.
+
+    Each conversation: a random "prompt" (not loss-masked) then a "response" walking a 7-token cycle from a
+    random phase, so the next tokens follow from the anchor token: learnable in a few dozen steps.
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    root = tmp_path_factory.mktemp("train")
+    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                      tie_word_embeddings=True, rope_theta=10000.0)
+    torch.manual_seed(0)
+    LlamaForCausalLM(cfg).save_pretrained(root / "target")
+    rng = random.Random(0)
+    with (root / "data.jsonl").open("w") as fh:
+        for _ in range(32):
+            prompt = [rng.randrange(20, 60) for _ in range(rng.randrange(3, 8))]
+            phase, n = rng.randrange(7), rng.randrange(24, 40)
+            response = [CYCLE[(phase + j) % 7] for j in range(n)]
+            fh.write(json.dumps({"input_ids": prompt + response,
+                                 "loss_mask": [0] * len(prompt) + [1] * len(response)}) + "\n")
+        fh.write(json.dumps({"input_ids": [1, 2, 3], "loss_mask": [0, 1, 1]}) + "\n")  # too short: dropped
+    return root
+
+
+def _args(ws: Path, out: str, *extra: str):
+    base = (f"--target {ws / 'target'} --data {ws / 'data.jsonl'} --out {ws / out} --block-size 8 --num-layers 1 "
+            f"--target-layer-ids 1,2 --mask-token-id {MASK} --emb-dim 16 --gru-hidden-dim 16 --target-dtype float32 "
+            "--batch-size 4 --blocks-per-seq 2 --no-progress").split()
+    return parse_train_args(base + list(extra))
+
+
+def _metrics(ws: Path, out: str) -> list[dict]:
+    return [json.loads(line) for line in (ws / out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def trained(ws) -> dict:
+    """A 50-step run with the feature cache, shift_label=True."""
+    summary = train(_args(ws, "run", "--max-steps", "50", "--lr", "1e-2", "--save-every", "0", "--shift-label",
+                          "--feature-cache", str(ws / "fcache")))
+    return summary
+
+
+def _load_target(ws: Path):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(ws / "target"), dtype=torch.float32).eval()
+
+
+# -------------------------------------------------------------------------------------------- learning
+def test_loss_decreases_and_metrics_logged(ws, trained):
+    rows = _metrics(ws, "run")
+    assert [r["step"] for r in rows] == list(range(1, 51))
+    assert trained["dropped_sequences"] == 1 and trained["num_sequences"] == 32
+    first, last = rows[0], rows[-5:]
+    mean_last = sum(r["loss"] for r in last) / len(last)
+    assert mean_last < 0.7 * first["loss"], (first["loss"], mean_last)
+    assert sum(r["accuracy"] for r in last) / 5 > first["accuracy"] + 0.2
+    for key in ("loss", "final_loss", "base_loss", "accuracy", "base_accuracy", "accept_len", "base_accept_len",
+                "lambda", "lr", "grad_norm", "skipped_batches"):
+        assert key in first
+    # λ: 1 at step 0, linear to 0 at half of the 50 steps.
+    assert rows[0]["lambda"] == 1.0
+    assert rows[10]["lambda"] == pytest.approx(1 - 10 / 25)
+    assert rows[25]["lambda"] == 0.0 and rows[-1]["lambda"] == 0.0
+    assert all(r["accept_len"] >= 1.0 for r in rows)
+
+
+# --------------------------------------------------------------------------------------------- resume
+def test_resume_reproduces_the_uninterrupted_run(ws):
+    common = ("--max-steps", "6", "--save-every", "3", "--lr", "5e-3", "--warmup-steps", "2")
+    train(_args(ws, "full", *common))
+    stopped = train(_args(ws, "resumed", *common, "--stop-at-step", "3"))
+    assert stopped["stopped_at"] == 3
+    assert (ws / "resumed" / "ckpt" / "step_00000003.pt").is_file()
+    train(_args(ws, "resumed", *common, "--resume"))
+    full, resumed = _metrics(ws, "full"), _metrics(ws, "resumed")
+    assert [r["step"] for r in resumed] == list(range(1, 7))
+    for a, b in zip(full, resumed):
+        a.pop("step_time"), b.pop("step_time")
+        assert a == b  # exact, fp32: step 4's loss is the uninterrupted run's to the last bit
+    wa = load_file(str(ws / "full" / "drafter" / "model.safetensors"))
+    wb = load_file(str(ws / "resumed" / "drafter" / "model.safetensors"))
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_resume_refuses_a_different_schedule(ws):
+    train(_args(ws, "sched", "--max-steps", "4", "--save-every", "2", "--stop-at-step", "2"))
+    with pytest.raises(TrainingError, match="steps"):
+        train(_args(ws, "sched", "--max-steps", "8", "--save-every", "2", "--resume"))
+
+
+# ------------------------------------------------------------------------------------------- skipping
+def test_batch_without_valid_anchor_is_skipped_and_counted(ws):
+    target = _load_target(ws)
+    args = _args(ws, "unused", "--shift-label")
+    from sglang_domino.training.trainer import build_drafter
+
+    drafter = build_drafter(args, target.config, MASK)
+    trainer = DominoTrainer(drafter, FrozenTarget.from_model(target), total_steps=10, blocks_per_seq=2)
+    before = {k: v.clone() for k, v in drafter.state_dict().items()}
+    ids = torch.tensor([[20, 21, 10, 11, 12, 13, 14, 15, 16, 10, 11, 12]])
+    feats = torch.randn(1, 12, 64)
+    no_mask = TrainBatch(ids, torch.zeros_like(ids, dtype=torch.bool), torch.tensor([12]), feats)
+    assert trainer.train_step(no_mask) is None
+    short = TrainBatch(ids[:, :6], torch.ones(1, 6, dtype=torch.bool), torch.tensor([6]), feats[:, :6])
+    assert trainer.train_step(short) is None  # shorter than a block
+    assert trainer.skipped_batches == 2 and trainer.step == 0
+    assert all(torch.equal(before[k], v) for k, v in drafter.state_dict().items())
+    lm = torch.zeros_like(ids, dtype=torch.bool)
+    lm[:, 2:] = True
+    metrics = trainer.train_step(TrainBatch(ids, lm, torch.tensor([12]), feats))
+    assert metrics is not None and metrics["skipped_batches"] == 2 and trainer.step == 1
+
+
+# ----------------------------------------------------------------------------------- target features
+@pytest.mark.parametrize("layer_ids", [[0, 2], [1], [3]])
+def test_feature_extractor_matches_full_forward(ws, layer_ids):
+    """Running only the needed layers gives exactly HF hidden_states[id + 1] (the last layer's is normed)."""
+    target = _load_target(ws)
+    ids = torch.randint(0, VOCAB, (2, 11), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        full = target_features(target(ids, output_hidden_states=True).hidden_states, layer_ids)
+    fast = TargetFeatureExtractor(target, layer_ids)(ids)
+    torch.testing.assert_close(fast, full, rtol=1e-5, atol=1e-5)
+    assert len(target.model.layers) == 4  # restored
+
+
+def test_feature_cache_reuse_refusal_and_partial_rebuild(ws, trained):
+    target = _load_target(ws)
+    examples = [e for e in load_examples(ws / "data.jsonl", None, 1024) if len(e) > 8]
+    ext = TargetFeatureExtractor(target, [1, 2])
+    fp = FeatureCache.fingerprint(ws / "target", [1, 2], "bfloat16", "float32", examples)
+
+    def no_build():
+        raise AssertionError("a complete cache must not run the target")
+
+    cache = FeatureCache.open(ws / "fcache", examples, fp, torch.bfloat16, no_build, progress=False)
+    for i in (0, 17, 31):
+        expected = ext(examples[i].input_ids[None])[0]
+        got = cache.get(i)
+        assert got.dtype == torch.bfloat16 and got.shape == expected.shape
+        torch.testing.assert_close(got.float(), expected, rtol=2e-2, atol=2e-2)
+    other = FeatureCache.fingerprint(ws / "target", [0, 2], "bfloat16", "float32", examples)
+    with pytest.raises(TrainingError, match="feature-cache"):
+        FeatureCache.open(ws / "fcache", examples, other, torch.bfloat16, no_build, progress=False)
+    # A crash mid-build: the missing shard (only) is rebuilt.
+    small = ws / "fcache_small"
+    FeatureCache.open(small, examples, fp, torch.bfloat16, lambda: ext, shard_size=8, progress=False)
+    (small / "shard_00002.pt").unlink()
+    calls = []
+    rebuilt = FeatureCache.open(small, examples, fp, torch.bfloat16, lambda: calls.append(1) or ext, shard_size=8,
+                                progress=False)
+    assert calls == [1] and (small / "shard_00002.pt").is_file()
+    torch.testing.assert_close(rebuilt.get(20), cache.get(20))
+
+
+# ---------------------------------------------------------------------------- export / inference parity
+def _check_export_parity(ws: Path, out: str) -> None:
+    """Exported drafter: training-path hidden == inference-path hidden, and teacher-forced argmax == rollout."""
+    target = _load_target(ws)
+    drafter = load_drafter(ws / out / "drafter", dtype=torch.float32)
+    cfg = drafter.config
+    b = cfg.block_size
+    embed, lm_head = target.get_input_embeddings().weight.detach(), target.get_output_embeddings().weight.detach()
+    ext = TargetFeatureExtractor(target, cfg.target_layer_ids)
+    examples = load_examples(ws / "data.jsonl", None, 1024)[:4]
+    for e in examples:
+        feats = ext(e.input_ids[None])
+        for a in (len(e) - b - 3, len(e) - b):
+            anchors, keep = torch.tensor([[a]]), torch.tensor([[True]])
+            with torch.no_grad():
+                h_train = forward_blocks(drafter, embed, feats, e.input_ids[None], anchors, keep)[:, 0]
+                cache = drafter.new_cache()
+                drafter.append_context(cache, feats[:, :a])
+                bonus = e.input_ids[a : a + 1]
+                h_inf = drafter.draft_block_hidden(cache, bonus, embed)
+                torch.testing.assert_close(h_train, h_inf, rtol=1e-4, atol=1e-4)
+                drafts = greedy_rollout(drafter, h_inf, bonus, embed, lm_head)
+                block_tokens = torch.cat((bonus[:, None], drafts), dim=1)
+                final, _ = teacher_forced_logits(drafter, h_inf, block_tokens, embed, lm_head)
+            slots = slice(0, b - 1) if cfg.shift_label else slice(1, b)
+            assert torch.equal(final[:, slots].argmax(-1), drafts)
+
+
+def test_export_loads_and_matches_inference_shift(ws, trained):
+    drafter = load_drafter(ws / "run" / "drafter")
+    assert drafter.use_head and drafter.config.shift_label and drafter.fc.weight.dtype == torch.bfloat16
+    assert drafter.config.mask_token_id == MASK and drafter.config.pure_draft_prefix_len == 1
+    _check_export_parity(ws, "run")
+
+
+def test_export_matches_inference_no_shift(ws):
+    train(_args(ws, "noshift", "--max-steps", "8", "--lr", "1e-2", "--save-every", "0", "--no-shift-label",
+                "--pure-draft-prefix-len", "2"))
+    assert not load_drafter(ws / "noshift" / "drafter").config.shift_label
+    _check_export_parity(ws, "noshift")
+
+
+# ------------------------------------------------------------------------------ backbone / head options
+def test_plain_backbone_then_head_on_frozen_backbone(ws):
+    train(_args(ws, "plain", "--max-steps", "3", "--save-every", "0", "--no-head"))
+    plain = load_drafter(ws / "plain" / "drafter")
+    assert not plain.use_head and plain.config.projector_type is None
+    train(_args(ws, "headonly", "--max-steps", "3", "--save-every", "0", "--lr", "1e-2",
+                "--init-from", str(ws / "plain" / "drafter"), "--freeze-backbone"))
+    head = load_drafter(ws / "headonly" / "drafter")
+    assert head.use_head
+    rows = _metrics(ws, "headonly")
+    assert rows[0]["lambda"] == 0.0  # the base term is constant on a frozen backbone: λ0 defaults to 0
+    before, after = plain.state_dict(), head.state_dict()
+    for name, tensor in before.items():
+        assert torch.equal(tensor, after[name]), name  # the backbone did not move
+    with pytest.raises(TrainingError, match="no head"):
+        train(_args(ws, "bad", "--max-steps", "1", "--save-every", "0", "--no-head", "--freeze-backbone"))
+
+
+def test_conversations_are_tokenised_with_the_assistant_loss_mask(tmp_path):
+    """``{"messages": [...]}`` rows go through data.tokenize_conversation with the target's tokenizer."""
+    from sglang_domino.embedded.target import default_cache_root, is_prepared
+
+    target_dir = default_cache_root() / "smollm2-135m-instruct"
+    if not is_prepared(target_dir):
+        pytest.skip("the embedded target is not prepared on this machine (sglang-domino prepare)")
+    from sglang_domino.training.trainer import _tokenizer_loader
+
+    data = tmp_path / "conv.jsonl"
+    data.write_text(json.dumps({"messages": [{"role": "user", "content": "Say hi."},
+                                             {"role": "assistant", "content": "Hi there, friend!"}]}) + "\n")
+    (example,) = load_examples(data, _tokenizer_loader(target_dir), 64)
+    tok = _tokenizer_loader(target_dir)()
+    answer = tok.decode(example.input_ids[example.loss_mask])
+    assert answer.startswith("Hi there, friend!") and answer.endswith("<|im_end|>")
+    assert not example.loss_mask[0]
+
+
+def test_cli_registers_train():
+    from sglang_domino.cli import build_parser
+
+    args = build_parser().parse_args(["train", "--data", "d.jsonl", "--out", "o", "--no-shift-label",
+                                      "--target-layer-ids", "1,5,9"])
+    assert args.command == "train" and args.target_layer_ids == [1, 5, 9] and args.shift_label is False
+    assert args.func.__name__ == "_cmd_train"
