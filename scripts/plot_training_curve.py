@@ -1,0 +1,36 @@
+"""Plot a training run's metrics.jsonl (loss, accuracies, accept length) to a PNG for the model card.
+
+Usage: python scripts/plot_training_curve.py runs/x/metrics.jsonl OUT.png
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def main(metrics_path: str, out_path: str) -> None:
+    rows = [json.loads(line) for line in open(metrics_path) if line.strip()]
+    rows = [r for r in rows if "step" in r and "loss" in r]
+    steps = [r["step"] for r in rows]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    ax1.plot(steps, [r["loss"] for r in rows], label="loss (1−λ)·final + λ·base")
+    ax1.set(xlabel="step", ylabel="loss", yscale="log", title="Training loss")
+    ax1.legend()
+    for key, label in (("accuracy", "final accuracy"), ("base_accuracy", "base accuracy"),
+                       ("accept_len", "accept_len"), ("base_accept_len", "base accept_len")):
+        if key in rows[0]:
+            ax2.plot(steps, [r[key] for r in rows], label=label)
+    ax2.set(xlabel="step", title="Teacher-forced metrics")
+    ax2.legend()
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=110)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
