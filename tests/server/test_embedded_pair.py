@@ -1,0 +1,62 @@
+"""The embedded default pair (SmolLM2-135M-Instruct + the shipped drafter) served by real SGLang servers:
+Domino's greedy output equals plain decoding token for token on a few held-out prompts sent concurrently."""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from server.conftest import Server, cpu_env, free_port, launch_cmd, start_server, stop, wait_ready
+
+pytestmark = [pytest.mark.server, pytest.mark.slow]
+
+MAX_NEW_TOKENS = 40
+
+
+@pytest.fixture(scope="module")
+def embedded_servers(tmp_path_factory):
+    from sglang_domino.embedded import prepare_embedded_pair
+
+    pair = prepare_embedded_pair()
+    logs = tmp_path_factory.mktemp("embedded_logs")
+    running: dict[str, Server] = {}
+    try:
+        for name, draft in (("plain", None), ("domino", pair.draft)):
+            cmd = launch_cmd(pair.target, free_port(), draft=draft)
+            proc, t0 = start_server(name, cmd, cpu_env(), logs / f"{name}.log")
+            port = cmd[cmd.index("--port") + 1]
+            running[name] = Server(name, f"http://127.0.0.1:{port}", proc, logs / f"{name}.log",
+                                   extra={"t_launch": t0, "cmd": cmd})
+        for server in running.values():
+            wait_ready(server)
+        yield pair, running
+    finally:
+        for server in running.values():
+            stop(server)
+
+
+def test_embedded_pair_greedy_equals_plain(embedded_servers) -> None:
+    from transformers import AutoTokenizer
+
+    from sglang_domino.embedded import HELDOUT_PROMPTS
+    from sglang_domino.evaluate import encode_prompt, read_prompts
+
+    pair, servers = embedded_servers
+    tokenizer = AutoTokenizer.from_pretrained(pair.target)
+    prompts = [encode_prompt(tokenizer, item)[0].tolist() for item in read_prompts(HELDOUT_PROMPTS)[:3]]
+
+    def run(server: Server) -> list[dict]:
+        payload = lambda ids: dict(input_ids=ids, sampling_params={"max_new_tokens": MAX_NEW_TOKENS,  # noqa: E731
+                                                                    "temperature": 0})
+        with ThreadPoolExecutor(len(prompts)) as pool:
+            return list(pool.map(lambda ids: server.generate(**payload(ids)), prompts))
+
+    plain, domino = run(servers["plain"]), run(servers["domino"])
+    for p, d in zip(plain, domino):
+        assert d["output_ids"] == p["output_ids"]
+    verify = sum(d["meta_info"]["spec_verify_ct"] for d in domino)
+    tokens = sum(d["meta_info"]["completion_tokens"] for d in domino)
+    assert verify > 0  # the requests really went through speculative verify steps
+    print(json.dumps({"embedded_tau": tokens / verify, "verify_steps": verify, "tokens": tokens}))
