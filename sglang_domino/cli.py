@@ -87,18 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", required=True, help="output JSON path")
     p.set_defaults(func=_cmd_eval)
 
-    try:  # training, serving and benchmarks register their own parsers
-        from sglang_domino.training.trainer import add_train_parser
-    except ImportError:
-        pass
-    else:
-        add_train_parser(sub)
-    try:
-        from sglang_domino.server.launch import add_serve_parser
-    except ImportError:
-        pass
-    else:
-        add_serve_parser(sub)
+    # Training and serving register their own parsers (imported here, so their heavy imports stay lazy inside).
+    from sglang_domino.server.launch import add_serve_parser
+    from sglang_domino.training.trainer import add_train_parser
+
+    add_train_parser(sub)
+    add_serve_parser(sub)
     p = sub.add_parser("bench", help="serving benchmark: plain vs Domino vs backbone-only at several concurrencies")
     if _benchmarks_dir() is not None:
         _load_benchmark_module("serving").add_arguments(p)
