@@ -97,6 +97,27 @@ def default_block_v() -> int:
 
 
 @triton.jit
+def _w2_tile_product(
+    u_ptr, w2_ptr, rows, rmask, vs, vmask, R, stride_un, stride_w2,
+    UPCAST: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """u[rows] · W2[vs]^T over the rank dimension -> fp32 [BLOCK_N, BLOCK_V] (shared by argmax and sampling)."""
+    w_ty = w2_ptr.dtype.element_ty
+    acc = tl.zeros((BLOCK_N, BLOCK_V), dtype=tl.float32)
+    for k0 in range(0, R, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        kmask = ks < R
+        u = tl.load(u_ptr + rows[:, None] * stride_un + ks[None, :], mask=rmask[:, None] & kmask[None, :], other=0.0)
+        w = tl.load(w2_ptr + vs[:, None].to(tl.int64) * stride_w2 + ks[None, :],
+                    mask=vmask[:, None] & kmask[None, :], other=0.0)
+        if UPCAST:
+            acc = tl.dot(u, tl.trans(w.to(tl.float32)), acc, input_precision="ieee")
+        else:
+            acc = tl.dot(u.to(w_ty), tl.trans(w), acc)
+    return acc
+
+
+@triton.jit
 def _w1_silu_kernel(
     z_ptr, h_ptr, w1_ptr, u_ptr,
     N, H, G, R,
@@ -214,7 +235,6 @@ def _w2_tile_argmax_kernel(
     t = tl.program_id(0)
     vs = t * BLOCK_V + tl.arange(0, BLOCK_V)
     vmask = vs < V
-    w_ty = w2_ptr.dtype.element_ty
     need = tl.full((), 1.0, tl.float32)
     if PRUNE:
         # Largest (bound + margin - lower bound) over the rows: >= 0 means some row may still need it.
@@ -236,19 +256,10 @@ def _w2_tile_argmax_kernel(
         for n0 in range(0, N, BLOCK_N):
             rows = n0 + tl.arange(0, BLOCK_N)
             rmask = rows < N
-            acc = tl.zeros((BLOCK_N, BLOCK_V), dtype=tl.float32)
             # For N <= BLOCK_N (the serving case) each W2 byte is read from DRAM once; further row
             # blocks re-read the tile, which by then sits in L2.
-            for k0 in range(0, R, BLOCK_K):
-                ks = k0 + tl.arange(0, BLOCK_K)
-                kmask = ks < R
-                u = tl.load(u_ptr + rows[:, None] * stride_un + ks[None, :], mask=rmask[:, None] & kmask[None, :], other=0.0)
-                w = tl.load(w2_ptr + vs[:, None].to(tl.int64) * stride_w2 + ks[None, :],
-                            mask=vmask[:, None] & kmask[None, :], other=0.0)
-                if UPCAST:
-                    acc = tl.dot(u, tl.trans(w.to(tl.float32)), acc, input_precision="ieee")
-                else:
-                    acc = tl.dot(u.to(w_ty), tl.trans(w), acc)
+            acc = _w2_tile_product(u_ptr, w2_ptr, rows, rmask, vs, vmask, R, stride_un, stride_w2,
+                                   UPCAST, BLOCK_N, BLOCK_V, BLOCK_K)
             b = tl.load(base_ptr + rows[:, None].to(tl.int64) * stride_bn + vs[None, :],
                         mask=rmask[:, None] & vmask[None, :], other=0.0).to(tl.float32)
             logits = tl.where(vmask[None, :], b + acc, float("-inf"))
@@ -301,21 +312,11 @@ def _w2_tile_sample_kernel(
     t = tl.program_id(0)
     vs = t * BLOCK_V + tl.arange(0, BLOCK_V)
     vmask = vs < V
-    w_ty = w2_ptr.dtype.element_ty
     for n0 in range(0, N, BLOCK_N):
         rows = n0 + tl.arange(0, BLOCK_N)
         rmask = rows < N
-        acc = tl.zeros((BLOCK_N, BLOCK_V), dtype=tl.float32)
-        for k0 in range(0, R, BLOCK_K):
-            ks = k0 + tl.arange(0, BLOCK_K)
-            kmask = ks < R
-            u = tl.load(u_ptr + rows[:, None] * stride_un + ks[None, :], mask=rmask[:, None] & kmask[None, :], other=0.0)
-            w = tl.load(w2_ptr + vs[:, None].to(tl.int64) * stride_w2 + ks[None, :],
-                        mask=vmask[:, None] & kmask[None, :], other=0.0)
-            if UPCAST:
-                acc = tl.dot(u, tl.trans(w.to(tl.float32)), acc, input_precision="ieee")
-            else:
-                acc = tl.dot(u.to(w_ty), tl.trans(w), acc)
+        acc = _w2_tile_product(u_ptr, w2_ptr, rows, rmask, vs, vmask, R, stride_un, stride_w2,
+                               UPCAST, BLOCK_N, BLOCK_V, BLOCK_K)
         mask2 = rmask[:, None] & vmask[None, :]
         b = tl.load(base_ptr + rows[:, None].to(tl.int64) * stride_bn + vs[None, :], mask=mask2, other=0.0).to(tl.float32)
         inv_t = tl.load(inv_t_ptr + rows, mask=rmask, other=1.0)
