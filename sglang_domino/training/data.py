@@ -29,6 +29,7 @@ Command line (``python -m sglang_domino.training.data``):
 from __future__ import annotations
 
 import argparse
+import functools
 import gzip
 import hashlib
 import importlib.util
@@ -883,15 +884,58 @@ def greedy_stream(model: Any, prompts: Iterable[tuple[Any, list[int]]], max_new_
                         layer.values = layer.values[..., first:, :]
 
 
+def server_stream(url: str, prompts: Iterable[tuple[Any, list[int]]], max_new_tokens: int,
+                  eos_token_id: Optional[int], concurrency: int) -> Iterator[tuple[Any, list[int]]]:
+    """Greedy decoding by a running SGLang server (``POST {url}/generate`` with ``input_ids``): yields
+    ``(key, new_tokens)`` in completion order, the eos appended when the server stopped on it -- the same
+    contract as :func:`greedy_stream`.
+
+    Why: SGLang's scheduler (paged KV, continuous batching, prefix cache over the shared chat-template prefix)
+    regenerates responses faster than the HF loop on this CPU (57 vs ~35 tokens/s per core measured), and its
+    tokens are exactly what the served target says -- SpecForge regenerates its data the same way."""
+    import requests
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    def one(ids: list[int]) -> list[int]:
+        r = requests.post(f"{url.rstrip('/')}/generate", timeout=3600, json={
+            "input_ids": ids, "sampling_params": {"temperature": 0, "max_new_tokens": max_new_tokens}})
+        r.raise_for_status()
+        out = r.json()
+        tokens = list(out["output_ids"])
+        reason = (out["meta_info"].get("finish_reason") or {}).get("type")
+        if reason == "stop" and eos_token_id is not None and (not tokens or tokens[-1] != eos_token_id):
+            tokens.append(eos_token_id)
+        return tokens
+
+    source = iter(prompts)
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        running = {}
+        for key, ids in source:
+            running[pool.submit(one, ids)] = key
+            if len(running) >= concurrency:
+                break
+        while running:
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for fut in done:
+                key = running.pop(fut)
+                yield key, fut.result()
+                nxt = next(source, None)
+                if nxt is not None:
+                    running[pool.submit(one, nxt[1])] = nxt[0]
+
+
 def self_distill(target_dir: Path, prompts_path: Path, out_path: Path, max_new_tokens: int = 256,
                  batch_size: int = 16, *, limit: Optional[int] = None, num_threads: Optional[int] = 1,
-                 max_prompt_tokens: int = 768, dtype: str = "bfloat16", progress: bool = True) -> dict[str, float]:
+                 max_prompt_tokens: int = 768, dtype: str = "bfloat16", progress: bool = True,
+                 server_url: Optional[str] = None) -> dict[str, float]:
     """Let the target answer ``prompts_path`` greedily and append conversations to ``out_path`` (JSONL).
 
     Each output line: ``{"messages": [...prompt..., {"role": "assistant", "content": ...}], "id", "kind",
     "source", "finish_reason": "stop"|"length", "completion_tokens"}``, written (in completion order) as
     soon as a response ends. Resumable: prompts whose id is already in ``out_path`` are skipped. Decoding is
-    :func:`greedy_stream` (continuous batching of up to ``batch_size`` rows, left-padded). ``num_threads`` defaults to 1 because this machine's other core is
+    :func:`greedy_stream` (continuous batching of up to ``batch_size`` rows, left-padded), or with ``server_url``
+    a running SGLang server serving the same target (:func:`server_stream`, ``batch_size`` requests in flight).
+    ``num_threads`` defaults to 1 because this machine's other core is
     shared (``None`` leaves torch's default). ``limit`` caps the prompts considered (from the top of the
     file). Returns a summary (prompts done, tokens generated, seconds, tokens/s)."""
     import torch
@@ -920,8 +964,12 @@ def self_distill(target_dir: Path, prompts_path: Path, out_path: Path, max_new_t
     tokenizer.padding_side = "left"  # decoder-only batching: prompts end where generation starts
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(target_dir, dtype=getattr(torch, dtype)).eval()
     eos_id = tokenizer.eos_token_id
+    if server_url:
+        decode = functools.partial(server_stream, server_url, concurrency=batch_size)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(target_dir, dtype=getattr(torch, dtype)).eval()
+        decode = functools.partial(greedy_stream, model, batch_size=batch_size)
 
     def encoded() -> Iterator[tuple[int, list[int]]]:
         """Prompts tokenised lazily (35k chat templates take a while); over-long ones are skipped."""
@@ -937,7 +985,7 @@ def self_distill(target_dir: Path, prompts_path: Path, out_path: Path, max_new_t
     t0 = last_sync = time.time()
     bar = tqdm(total=len(todo), desc="self-distil", unit="prompt", disable=not progress, dynamic_ncols=True)
     with open(out_path, "a", encoding="utf-8") as out, torch.inference_mode():
-        for j, row in greedy_stream(model, encoded(), max_new_tokens, eos_id, batch_size):
+        for j, row in decode(encoded(), max_new_tokens, eos_id):
             it = todo[j]
             finish = "length"
             if eos_id in row:
@@ -1001,6 +1049,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads (0 = torch's default)")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"],
                    help="compute dtype; on CPUs without AVX512-BF16 float32 is ~3x faster per core")
+    p.add_argument("--server", default=None, metavar="URL",
+                   help="decode with a running SGLang server of the same target (e.g. `sglang-domino serve "
+                        "--no-speculation --dtype float32`); --batch-size requests in flight")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
 
@@ -1019,7 +1070,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             target = prepare_target()
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         summary = self_distill(target, args.prompts, args.out, args.max_new_tokens, args.batch_size,
-                               limit=args.limit, num_threads=args.threads or None, dtype=args.dtype)
+                               limit=args.limit, num_threads=args.threads or None, dtype=args.dtype,
+                               server_url=args.server)
         print(json.dumps(summary))
     return 0
 
