@@ -612,6 +612,23 @@ def build_drafter(args: argparse.Namespace, target_cfg, mask_token_id: int) -> D
     return model.train()
 
 
+def init_output_norm_from_target(drafter: DominoDrafter, target: nn.Module) -> None:
+    """Start the drafter's final RMSNorm gain at the target's final-norm gain.
+
+    Why: the drafter's output goes through the target's frozen lm_head, which was trained on hidden states
+    scaled by that gain (SmolLM2's averages 1.8 per channel, not 1); starting from it leaves the drafter only the
+    direction of the hidden state to learn."""
+    decoder = target.get_decoder() if hasattr(target, "get_decoder") else getattr(target, "model", None)
+    norm = getattr(decoder, "norm", None)
+    weight = getattr(norm, "weight", None)
+    if weight is None or tuple(weight.shape) != tuple(drafter.norm.weight.shape):
+        logger.warning("warning: the target has no final norm of shape %s; the drafter's norm starts at ones",
+                       tuple(drafter.norm.weight.shape))
+        return
+    with torch.no_grad():
+        drafter.norm.weight.copy_(weight.float())
+
+
 def _progress(total: int, desc: str, unit: str = "it", enabled: bool = True, initial: int = 0):
     from tqdm.auto import tqdm
 
@@ -706,6 +723,8 @@ def train(args: argparse.Namespace) -> dict:
     for p in target.parameters():
         p.requires_grad_(False)
     frozen = FrozenTarget.from_model(target, bf16=args.bf16)
+    if not args.init_from and args.norm_from_target:
+        init_output_norm_from_target(drafter, target)
     extractor = TargetFeatureExtractor(target, config.target_layer_ids)
     cache: Optional[FeatureCache] = None
     if args.feature_cache:
@@ -866,6 +885,8 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     m.add_argument("--mask-token-id", type=int, default=None,
                    help="MASK id (default: the prepared target's record / tokenizer mask token / embedded default)")
     m.add_argument("--init-from", default=None, metavar="CKPT", help="start from a published-format drafter")
+    m.add_argument("--norm-from-target", action=argparse.BooleanOptionalAction, default=True,
+                   help="a fresh drafter's final norm starts at the target's final-norm gain")
     m.add_argument("--freeze-backbone", action="store_true",
                    help="train only the Domino head (prefix_gru, embed_proj) on a frozen backbone")
 

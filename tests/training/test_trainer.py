@@ -10,6 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import random_drafter
+
 from sglang_domino.checkpoint import load_drafter
 from sglang_domino.offline import target_features
 from sglang_domino.rollout import greedy_rollout
@@ -22,6 +24,7 @@ from sglang_domino.training.trainer import (
     TrainBatch,
     TrainingError,
     forward_blocks,
+    init_output_norm_from_target,
     load_examples,
     pad_batch,
     parse_train_args,
@@ -241,6 +244,15 @@ def test_export_matches_inference_no_shift(ws):
                 "--pure-draft-prefix-len", "2"))
     assert not load_drafter(ws / "noshift" / "drafter").config.shift_label
     _check_export_parity(ws, "noshift")
+
+
+def test_output_norm_starts_at_the_targets_gain(ws):
+    target = _load_target(ws)
+    with torch.no_grad():
+        target.model.norm.weight.uniform_(0.5, 2.5)
+    drafter = random_drafter(hidden_size=target.config.hidden_size)
+    init_output_norm_from_target(drafter, target)
+    assert torch.equal(drafter.norm.weight, target.model.norm.weight.float())
 
 
 # ------------------------------------------------------------------------------ backbone / head options
