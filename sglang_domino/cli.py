@@ -30,7 +30,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         pair = prepare_embedded_pair()
         target, draft = target or pair.target, draft or pair.draft
     result = evaluate(target, draft, args.prompts, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                      dtype=getattr(torch, args.dtype), limit=args.limit)
+                      dtype=getattr(torch, args.dtype), limit=args.limit, workers=args.workers,
+                      rows_path=args.json + ".rows.jsonl")
     with open(args.json, "w") as fh:
         json.dump(result, fh, indent=2)
     summary = {k: result[k] for k in ("num_prompts", "tau_domino", "tau_backbone", "tau_ratio") if k in result}
@@ -84,7 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                    help="float32 keeps greedy comparisons free of bf16 near-ties")
     p.add_argument("--limit", type=int, default=None, help="first N prompts only")
-    p.add_argument("--json", required=True, help="output JSON path")
+    p.add_argument("--workers", type=int, default=1, help="processes (one thread each) sharing the prompts")
+    p.add_argument("--json", required=True,
+                   help="output JSON path (rows also go to JSON.rows.jsonl as they finish; a rerun resumes)")
     p.set_defaults(func=_cmd_eval)
 
     # Training and serving register their own parsers (imported here, so their heavy imports stay lazy inside).

@@ -63,6 +63,76 @@ def eos_token_ids(tokenizer, model) -> list[int]:
     return sorted({t for t in (tokenizer.eos_token_id, *configured) if t is not None})
 
 
+def evaluate_prompt(target, drafter, tokenizer, item: dict[str, Any], index: int, *, max_new_tokens: int,
+                    sampling: Optional[SamplingParams], eos: list[int], seed: int) -> dict[str, Any]:
+    """One prompt: Domino, the same drafter without its head, and (greedy) the target alone -> a result row."""
+    ids = encode_prompt(tokenizer, item)
+    row: dict[str, Any] = {"index": index, "prompt_tokens": int(ids.shape[1])}
+    outputs = {}
+    for name, use_head in (("domino", True), ("backbone", False)):
+        generator = torch.Generator().manual_seed(seed + index)
+        start = time.perf_counter()
+        out = speculative_generate(target, drafter, ids, max_new_tokens, eos_token_ids=eos,
+                                   sampling=sampling, generator=generator, use_head=use_head)
+        row[f"tau_{name}"] = out.tau
+        row[f"accepted_{name}"] = int(sum(out.accept_lengths))
+        row[f"verify_steps_{name}"] = out.verify_steps
+        row[f"seconds_{name}"] = time.perf_counter() - start
+        outputs[name] = out.tokens
+    row["new_tokens"] = len(outputs["domino"])
+    if sampling is None:
+        start = time.perf_counter()
+        reference = plain_generate(target, ids, max_new_tokens, eos_token_ids=eos)
+        row["seconds_plain"] = time.perf_counter() - start
+        row["lossless"] = outputs["domino"] == reference and outputs["backbone"] == reference
+    return row
+
+
+def _eval_worker(worker: int, indices: list[int], target_path: str, draft_path: str, prompts: list[dict[str, Any]],
+                 max_new_tokens: int, temperature: float, dtype: torch.dtype, seed: int, rows_path: Optional[str],
+                 threads: Optional[int]) -> list[dict[str, Any]]:
+    """Evaluate ``indices`` of ``prompts`` (one process); each finished row is appended to ``rows_path``."""
+    if threads:
+        torch.set_num_threads(threads)
+    target, tokenizer = load_target(target_path, dtype)
+    drafter = load_drafter(draft_path, dtype=dtype)
+    eos = eos_token_ids(tokenizer, target)
+    sampling = None if temperature <= 0 else SamplingParams.uniform(1, temperature=temperature)
+    rows = []
+    for index in tqdm(indices, desc=f"eval[{worker}]", unit="prompt", position=worker):
+        row = evaluate_prompt(target, drafter, tokenizer, prompts[index], index, max_new_tokens=max_new_tokens,
+                              sampling=sampling, eos=eos, seed=seed)
+        rows.append(row)
+        if rows_path:
+            with open(rows_path, "a") as fh:  # one whole line per row: resumable after a kill
+                fh.write(json.dumps(row) + "\n")
+    return rows
+
+
+def _done_rows(rows_path: Optional[Path], settings: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    """Rows already computed by an interrupted run with the same settings (first line = the settings)."""
+    if rows_path is None or not rows_path.is_file():
+        return {}
+    text = rows_path.read_text()
+    if not text.endswith("\n"):  # a torn last line (killed mid-write): cut it so new rows start on a new line
+        text = text[: text.rfind("\n") + 1]
+        rows_path.write_text(text)
+    lines = text.splitlines()
+    try:
+        if not lines or json.loads(lines[0]) != {"settings": settings}:
+            return {}
+    except json.JSONDecodeError:
+        return {}
+    done = {}
+    for line in lines[1:]:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a torn last line
+        done[int(row["index"])] = row
+    return done
+
+
 def evaluate(
     target_path: str | Path,
     draft_path: str | Path,
@@ -73,47 +143,48 @@ def evaluate(
     dtype: torch.dtype = torch.float32,
     limit: Optional[int] = None,
     seed: int = 0,
+    workers: int = 1,
+    rows_path: Optional[str | Path] = None,
 ) -> dict[str, Any]:
-    """Run the offline loop with and without the head (and plain greedy decoding when temperature is 0)."""
-    target, tokenizer = load_target(target_path, dtype)
-    drafter = load_drafter(draft_path, dtype=dtype)
-    eos = eos_token_ids(tokenizer, target)
+    """Run the offline loop with and without the head (and plain greedy decoding when temperature is 0).
+
+    ``workers`` > 1 splits the prompts over that many processes of one thread each (batch-1 decoding does
+    not use a second core well). ``rows_path``: per-prompt rows are appended there as they finish, and a rerun
+    with the same settings skips the prompts already done (resume)."""
     prompts = read_prompts(prompts_path)[:limit]
-    sampling = None if temperature <= 0 else SamplingParams.uniform(1, temperature=temperature)
-    per_prompt = []
-    totals = {"domino": [0, 0], "backbone": [0, 0]}
-    for index, item in enumerate(tqdm(prompts, desc="eval", unit="prompt")):
-        ids = encode_prompt(tokenizer, item)
-        row: dict[str, Any] = {"index": index, "prompt_tokens": int(ids.shape[1])}
-        outputs = {}
-        for name, use_head in (("domino", True), ("backbone", False)):
-            generator = torch.Generator().manual_seed(seed + index)
-            start = time.perf_counter()
-            out = speculative_generate(target, drafter, ids, max_new_tokens, eos_token_ids=eos,
-                                       sampling=sampling, generator=generator, use_head=use_head)
-            row[f"tau_{name}"] = out.tau
-            row[f"verify_steps_{name}"] = out.verify_steps
-            row[f"seconds_{name}"] = time.perf_counter() - start
-            totals[name][0] += sum(out.accept_lengths)
-            totals[name][1] += out.verify_steps
-            outputs[name] = out.tokens
-        row["new_tokens"] = len(outputs["domino"])
-        if sampling is None:
-            start = time.perf_counter()
-            reference = plain_generate(target, ids, max_new_tokens, eos_token_ids=eos)
-            row["seconds_plain"] = time.perf_counter() - start
-            row["lossless"] = outputs["domino"] == reference and outputs["backbone"] == reference
-        per_prompt.append(row)
+    settings = {"target": str(target_path), "draft": str(draft_path), "prompts": str(prompts_path),
+                "num_prompts": len(prompts), "max_new_tokens": max_new_tokens, "temperature": temperature,
+                "dtype": str(dtype), "seed": seed}
+    rows_file = Path(rows_path) if rows_path else None
+    done = _done_rows(rows_file, settings)
+    if rows_file is not None and not done:
+        rows_file.write_text(json.dumps({"settings": settings}) + "\n")
+    todo = [i for i in range(len(prompts)) if i not in done]
+    args = (str(target_path), str(draft_path), prompts, max_new_tokens, temperature, dtype, seed,
+            str(rows_file) if rows_file else None)
+    rows = list(done.values())
+    if workers <= 1 or len(todo) <= 1:
+        rows += _eval_worker(0, todo, *args, None)
+    else:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+            futures = [pool.submit(_eval_worker, w, todo[w::workers], *args, 1) for w in range(workers)]
+            for fut in futures:
+                rows += fut.result()
+    per_prompt = sorted(rows, key=lambda r: r["index"])
     result: dict[str, Any] = {
         "target": str(target_path), "draft": str(draft_path), "prompts": str(prompts_path),
         "num_prompts": len(per_prompt), "max_new_tokens": max_new_tokens, "temperature": temperature,
         "dtype": str(dtype).removeprefix("torch."),
-        # τ pooled over all verify steps, as SGLang's avg_spec_accept_length pools them.
-        "tau_domino": totals["domino"][0] / max(totals["domino"][1], 1),
-        "tau_backbone": totals["backbone"][0] / max(totals["backbone"][1], 1),
-        "per_prompt": per_prompt,
     }
+    for name in ("domino", "backbone"):
+        # τ pooled over all verify steps, as SGLang's avg_spec_accept_length pools them.
+        steps = sum(r[f"verify_steps_{name}"] for r in per_prompt)
+        result[f"tau_{name}"] = sum(r[f"accepted_{name}"] for r in per_prompt) / max(steps, 1)
     result["tau_ratio"] = result["tau_domino"] / max(result["tau_backbone"], 1e-9)
-    if sampling is None:
+    if temperature <= 0:
         result["lossless"] = all(r["lossless"] for r in per_prompt)
+    result["per_prompt"] = per_prompt
     return result

@@ -8,7 +8,8 @@ import sys
 from conftest import random_drafter
 
 from sglang_domino import save_drafter
-from sglang_domino.server.launch import build_command, curl_example
+from sglang_domino.server import launch
+from sglang_domino.server.launch import build_command, cpu_has_bf16_units, curl_example
 
 
 def test_cpu_command_is_plain_sglang_with_domino_flags() -> None:
@@ -20,6 +21,19 @@ def test_cpu_command_is_plain_sglang_with_domino_flags() -> None:
     assert "--attention-backend torch_native" in joined and env["SGLANG_USE_CPU_ENGINE"] == "1"
     assert cmd.count("--dtype") == 1 and cmd[-4:] == ["--dtype", "float32", "--log-level", "warning"]
     assert "--host 127.0.0.1 --port 30000" in joined
+
+
+def test_cpu_dtype_default_follows_bf16_units(tmp_path, monkeypatch) -> None:
+    avx2 = tmp_path / "avx2"
+    avx2.write_text("flags\t\t: fpu sse avx avx2 fma\n")
+    amx = tmp_path / "amx"
+    amx.write_text("flags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n")
+    assert not cpu_has_bf16_units(str(avx2)) and cpu_has_bf16_units(str(amx))
+    assert not cpu_has_bf16_units(str(tmp_path / "missing"))
+    for has_units, dtype in ((False, "float32"), (True, "bfloat16")):
+        monkeypatch.setattr(launch, "cpu_has_bf16_units", lambda: has_units)
+        cmd, _ = build_command("T", "D", "127.0.0.1", 30000, [], cpu=True)
+        assert cmd[cmd.index("--dtype") + 1] == dtype
 
 
 def test_cuda_command_has_no_cpu_flags() -> None:
