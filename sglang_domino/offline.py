@@ -9,8 +9,10 @@ reference, not the server. Used for acceptance evaluation (``sglang-domino eval`
 
 from __future__ import annotations
 
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Iterator, Optional, Sequence
 
 import torch
 from transformers.cache_utils import DynamicCache
@@ -43,6 +45,17 @@ def target_features(hidden_states: Sequence[torch.Tensor], layer_ids: Iterable[i
     return torch.cat([hidden_states[i + 1] for i in layer_ids], dim=-1)
 
 
+@contextmanager
+def _phase(times: Optional[dict[str, float]], name: str) -> Iterator[None]:
+    """Add the wall time of the block to ``times[name]`` (nothing when ``times`` is None)."""
+    if times is None:
+        yield
+        return
+    start = time.perf_counter()
+    yield
+    times[name] = times.get(name, 0.0) + time.perf_counter() - start
+
+
 def _pick(logits: torch.Tensor, sampling: Optional[SamplingParams], generator) -> torch.Tensor:
     if sampling is None:
         return torch.argmax(logits, dim=-1)
@@ -60,12 +73,16 @@ def speculative_generate(
     sampling: Optional[SamplingParams] = None,
     generator: Optional[torch.Generator] = None,
     use_head: bool = True,
+    phase_times: Optional[dict[str, float]] = None,
 ) -> SpecOutput:
     """Generate up to ``max_new_tokens`` for one prompt ``input_ids`` [1, T].
 
     sampling None = greedy (equals the target's own greedy decoding token for token);
     otherwise lossless speculative sampling with the drafter's sampled drafts and their probabilities.
     use_head=False drafts with the backbone's base logits only (plain DFlash on the same weights).
+    phase_times: if given, seconds spent per phase of the rounds are added to it (``draft_backbone``,
+    ``draft_logits`` (base logits + Domino correction + selection), ``target_verify``, ``accept``,
+    ``context_append``) -- what ``benchmarks/round_profile.py`` reports.
     """
     if input_ids.ndim != 2 or input_ids.shape[0] != 1:
         raise ValueError(f"input_ids must be [1, T], got {tuple(input_ids.shape)}")
@@ -84,22 +101,28 @@ def speculative_generate(
     result = SpecOutput(tokens=[int(bonus)])
     while len(result.tokens) < max_new_tokens and int(bonus) not in eos:
         start = draft_cache.length  # position of the bonus token
-        draft_hidden = drafter.draft_block_hidden(draft_cache, bonus, embed_weight)
-        block = draft_from_hidden(
-            draft_hidden, bonus, embed_weight, lm_head_weight, head,
-            shift_label=config.shift_label, pure_draft_prefix_len=config.pure_draft_prefix_len,
-            sampling=sampling, generator=generator,
-        )
-        verify_ids = torch.cat((bonus[:, None], block.tokens), dim=1)
-        out = target(verify_ids, past_key_values=cache, use_cache=True, output_hidden_states=True)
-        if sampling is None:
-            verdict = verify_greedy(block.tokens, out.logits)
-        else:
-            verdict = verify_sampling(block.tokens, block.probs, out.logits, sampling, generator)
-        accepted = int(verdict.accept_len[0])
+        with _phase(phase_times, "draft_backbone"):
+            draft_hidden = drafter.draft_block_hidden(draft_cache, bonus, embed_weight)
+        with _phase(phase_times, "draft_logits"):
+            block = draft_from_hidden(
+                draft_hidden, bonus, embed_weight, lm_head_weight, head,
+                shift_label=config.shift_label, pure_draft_prefix_len=config.pure_draft_prefix_len,
+                sampling=sampling, generator=generator,
+            )
+        with _phase(phase_times, "target_verify"):
+            verify_ids = torch.cat((bonus[:, None], block.tokens), dim=1)
+            out = target(verify_ids, past_key_values=cache, use_cache=True, output_hidden_states=True)
+        with _phase(phase_times, "accept"):
+            if sampling is None:
+                verdict = verify_greedy(block.tokens, out.logits)
+            else:
+                verdict = verify_sampling(block.tokens, block.probs, out.logits, sampling, generator)
+            accepted = int(verdict.accept_len[0])
         # Keep the bonus and the accepted drafts as context, for the target and the drafter alike.
-        cache.crop(start + accepted + 1)
-        drafter.append_context(draft_cache, target_features(out.hidden_states, config.target_layer_ids)[:, : accepted + 1])
+        with _phase(phase_times, "context_append"):
+            cache.crop(start + accepted + 1)
+            drafter.append_context(draft_cache,
+                                   target_features(out.hidden_states, config.target_layer_ids)[:, : accepted + 1])
         emitted = verdict.emitted(block.tokens)[0]
         result.accept_lengths.append(len(emitted))
         result.tokens.extend(emitted)
