@@ -112,7 +112,9 @@ def load_examples(path: str | Path, tokenizer: Callable[[], object], max_len: in
             elif "messages" in row:
                 from sglang_domino.training.data import tokenize_conversation
 
-                ids, mask = tokenize_conversation(tokenizer(), row["messages"], max_len)
+                # A response cut at max_new_tokens has no end-of-turn token from the target: not supervised.
+                ids, mask = tokenize_conversation(tokenizer(), row["messages"], max_len,
+                                                  final_turn_complete=row.get("finish_reason") != "length")
                 ids = torch.as_tensor(ids, dtype=torch.long)
                 mask = torch.as_tensor(mask).bool()
             else:

@@ -283,13 +283,16 @@ def test_conversations_are_tokenised_with_the_assistant_loss_mask(tmp_path):
     from sglang_domino.training.trainer import _tokenizer_loader
 
     data = tmp_path / "conv.jsonl"
-    data.write_text(json.dumps({"messages": [{"role": "user", "content": "Say hi."},
-                                             {"role": "assistant", "content": "Hi there, friend!"}]}) + "\n")
-    (example,) = load_examples(data, _tokenizer_loader(target_dir), 64)
+    messages = [{"role": "user", "content": "Say hi."}, {"role": "assistant", "content": "Hi there, friend!"}]
+    data.write_text(json.dumps({"messages": messages}) + "\n"
+                    + json.dumps({"messages": messages, "finish_reason": "length"}) + "\n")
+    complete, cut = load_examples(data, _tokenizer_loader(target_dir), 64)
     tok = _tokenizer_loader(target_dir)()
-    answer = tok.decode(example.input_ids[example.loss_mask])
+    answer = tok.decode(complete.input_ids[complete.loss_mask])
     assert answer.startswith("Hi there, friend!") and answer.endswith("<|im_end|>")
-    assert not example.loss_mask[0]
+    assert not complete.loss_mask[0]
+    # A response cut at max_new_tokens: the end-of-turn token was not the target's, so it is not supervised.
+    assert tok.decode(cut.input_ids[cut.loss_mask]) == "Hi there, friend!"
 
 
 def test_cli_registers_train():
