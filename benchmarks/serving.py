@@ -26,6 +26,8 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from loadgen import run_level  # noqa: E402
 
+from sglang_domino.resume import append_row, read_rows, start_rows  # noqa: E402
+
 CONFIGS = ("plain", "domino", "backbone")
 
 
@@ -147,15 +149,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "domino": Server("domino", target, draft, args.port + 1, extra, out_json.parent / "logs"),
         "backbone": Server("backbone", target, backbone, args.port + 2, extra, out_json.parent / "logs"),
     }
-    levels: list[dict[str, Any]] = []
+    # Resume: finished levels of an interrupted run with the same settings are kept (one JSON line each).
+    weights = draft / "model.safetensors"
+    settings = {"target": str(target), "draft": str(draft), "draft_weights": [weights.stat().st_size,
+                weights.stat().st_mtime_ns], "prompts": str(prompts), "max_new_tokens": args.max_new_tokens,
+                "num_prompts": args.num_prompts, "server_args": extra}
+    levels_path = out_json.with_name(out_json.name + ".levels.jsonl")
+    levels = [lv for lv in read_rows(levels_path, settings) if lv["concurrency"] in levels_c]
+    if not levels:
+        start_rows(levels_path, settings)
+    todo = [c for c in levels_c if c not in {lv["concurrency"] for lv in levels}]
     try:
         for s in servers.values():
             s.wait_healthy()
         warm = load_payloads(prompts, target, 2, 16)
         for s in servers.values():  # first requests pay one-off costs (allocation, lazy init)
             asyncio.run(run_level(s.url, warm, 2))
-        progress = tqdm(total=len(levels_c) * len(CONFIGS), desc="bench", unit="run")
-        for li, conc in enumerate(levels_c):
+        progress = tqdm(total=len(levels_c) * len(CONFIGS), initial=len(levels) * len(CONFIGS), desc="bench",
+                        unit="run")
+        for conc in todo:
+            li = levels_c.index(conc)
             payloads = load_payloads(prompts, target, args.num_prompts or max(2 * conc, 8), args.max_new_tokens)
             order = CONFIGS[li % 3:] + CONFIGS[: li % 3]  # rotate who goes first
             measured: dict[str, dict[str, Any]] = {}
@@ -179,10 +192,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "failed": {k: v["failed"] for k, v in measured.items()},
                 "domino_output_equals_plain": same,
             })
+            append_row(levels_path, levels[-1])
         progress.close()
     finally:
         for s in servers.values():
             s.stop()
+    levels.sort(key=lambda lv: lv["concurrency"])
     result = {"target": str(target), "draft": str(draft), "max_new_tokens": args.max_new_tokens,
               "server_args": extra, "levels": levels}
     out_json.write_text(json.dumps(result, indent=2))

@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from sglang_domino.checkpoint import load_drafter
 from sglang_domino.offline import plain_generate, speculative_generate
+from sglang_domino.resume import append_row, read_rows, start_rows
 from sglang_domino.sampling import SamplingParams
 
 
@@ -104,33 +105,8 @@ def _eval_worker(worker: int, indices: list[int], target_path: str, draft_path: 
                               sampling=sampling, eos=eos, seed=seed)
         rows.append(row)
         if rows_path:
-            with open(rows_path, "a") as fh:  # one whole line per row: resumable after a kill
-                fh.write(json.dumps(row) + "\n")
+            append_row(rows_path, row)
     return rows
-
-
-def _done_rows(rows_path: Optional[Path], settings: dict[str, Any]) -> dict[int, dict[str, Any]]:
-    """Rows already computed by an interrupted run with the same settings (first line = the settings)."""
-    if rows_path is None or not rows_path.is_file():
-        return {}
-    text = rows_path.read_text()
-    if not text.endswith("\n"):  # a torn last line (killed mid-write): cut it so new rows start on a new line
-        text = text[: text.rfind("\n") + 1]
-        rows_path.write_text(text)
-    lines = text.splitlines()
-    try:
-        if not lines or json.loads(lines[0]) != {"settings": settings}:
-            return {}
-    except json.JSONDecodeError:
-        return {}
-    done = {}
-    for line in lines[1:]:
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a torn last line
-        done[int(row["index"])] = row
-    return done
 
 
 def evaluate(
@@ -156,9 +132,9 @@ def evaluate(
                 "num_prompts": len(prompts), "max_new_tokens": max_new_tokens, "temperature": temperature,
                 "dtype": str(dtype), "seed": seed}
     rows_file = Path(rows_path) if rows_path else None
-    done = _done_rows(rows_file, settings)
+    done = {int(r["index"]): r for r in read_rows(rows_file, settings)} if rows_file else {}
     if rows_file is not None and not done:
-        rows_file.write_text(json.dumps({"settings": settings}) + "\n")
+        start_rows(rows_file, settings)
     todo = [i for i in range(len(prompts)) if i not in done]
     args = (str(target_path), str(draft_path), prompts, max_new_tokens, temperature, dtype, seed,
             str(rows_file) if rows_file else None)
