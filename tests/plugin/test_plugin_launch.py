@@ -21,6 +21,7 @@ def test_cpu_command_is_plain_sglang_with_domino_flags() -> None:
     assert "--attention-backend torch_native" in joined and env["SGLANG_USE_CPU_ENGINE"] == "1"
     assert cmd.count("--dtype") == 1 and cmd[-4:] == ["--dtype", "float32", "--log-level", "warning"]
     assert "--host 127.0.0.1 --port 30000" in joined
+    assert "--sleep-on-idle" in cmd  # an idle CPU scheduler must not busy-poll a core
 
 
 def test_cpu_dtype_default_follows_bf16_units(tmp_path, monkeypatch) -> None:

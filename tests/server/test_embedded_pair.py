@@ -1,5 +1,6 @@
 """The embedded default pair (SmolLM2-135M-Instruct + the shipped drafter) served by real SGLang servers:
-Domino's greedy output equals plain decoding token for token on a few held-out prompts sent concurrently."""
+Domino's greedy output equals plain decoding token for token on a few held-out prompts sent concurrently, and
+SGLang's own ``avg_spec_accept_length`` shows accepted drafts."""
 
 from __future__ import annotations
 
@@ -59,4 +60,9 @@ def test_embedded_pair_greedy_equals_plain(embedded_servers) -> None:
     verify = sum(d["meta_info"]["spec_verify_ct"] for d in domino)
     tokens = sum(d["meta_info"]["completion_tokens"] for d in domino)
     assert verify > 0  # the requests really went through speculative verify steps
-    print(json.dumps({"embedded_tau": tokens / verify, "verify_steps": verify, "tokens": tokens}))
+    state = servers["domino"].server_info()["internal_states"][0]
+    print(json.dumps({"embedded_tau": tokens / verify, "verify_steps": verify, "tokens": tokens,
+                      "avg_spec_accept_length": state["avg_spec_accept_length"]}))
+    # The shipped drafter really drafts: more than one token per verify step, as SGLang reports it.
+    assert state["avg_spec_accept_length"] > 1.1, state["avg_spec_accept_length"]
+    assert tokens / verify > 1.1
