@@ -41,3 +41,12 @@ def random_drafter(seed: int = 0, scale: float = 1.0, **overrides) -> DominoDraf
 @pytest.fixture
 def drafter() -> DominoDrafter:
     return random_drafter()
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """torch uses one thread for the module's tests (restored afterwards)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

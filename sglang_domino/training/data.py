@@ -891,8 +891,8 @@ def server_stream(url: str, prompts: Iterable[tuple[Any, list[int]]], max_new_to
     contract as :func:`greedy_stream`.
 
     Why: SGLang's scheduler (paged KV, continuous batching, prefix cache over the shared chat-template prefix)
-    regenerates responses faster than the HF loop on this CPU (57 vs ~35 tokens/s per core measured), and its
-    tokens are exactly what the served target says -- SpecForge regenerates its data the same way."""
+    regenerates responses faster than the HF loop on this CPU (side by side, one core each: 50-57 vs
+    14-35 tokens/s), and its tokens are exactly what the served target says -- SpecForge regenerates its data the same way."""
     import requests
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
