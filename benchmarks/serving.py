@@ -31,6 +31,12 @@ from sglang_domino.resume import append_row, read_rows, start_rows  # noqa: E402
 CONFIGS = ("plain", "domino", "backbone")
 
 
+def _draft_block_size(draft: Path) -> int:
+    from sglang_domino.config import DominoConfig
+
+    return int(DominoConfig.from_pretrained(draft).block_size)
+
+
 def backbone_only_checkpoint(draft: Path, cache_root: Path) -> Path:
     """The same drafter with the Domino head switched off (identical backbone tensors), written once."""
     from sglang_domino import load_drafter, save_drafter
@@ -144,16 +150,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     levels_c = [int(c) for c in args.concurrency.split(",")]
     prompts = Path(args.prompts or HELDOUT_PROMPTS)
     extra = args.server_args.split() if args.server_args else []
+    # The verify width applies to the speculative servers only (plain SGLang has no draft tokens).
+    spec_extra = extra + (["--speculative-num-draft-tokens", str(args.block_size)] if args.block_size else [])
     servers = {
         "plain": Server("plain", target, None, args.port, extra, out_json.parent / "logs"),
-        "domino": Server("domino", target, draft, args.port + 1, extra, out_json.parent / "logs"),
-        "backbone": Server("backbone", target, backbone, args.port + 2, extra, out_json.parent / "logs"),
+        "domino": Server("domino", target, draft, args.port + 1, spec_extra, out_json.parent / "logs"),
+        "backbone": Server("backbone", target, backbone, args.port + 2, spec_extra, out_json.parent / "logs"),
     }
     # Resume: finished levels of an interrupted run with the same settings are kept (one JSON line each).
     weights = draft / "model.safetensors"
     settings = {"target": str(target), "draft": str(draft), "draft_weights": [weights.stat().st_size,
                 weights.stat().st_mtime_ns], "prompts": str(prompts), "max_new_tokens": args.max_new_tokens,
-                "num_prompts": args.num_prompts, "server_args": extra}
+                "num_prompts": args.num_prompts, "server_args": extra, "block_size": args.block_size}
     levels_path = out_json.with_name(out_json.name + ".levels.jsonl")
     levels = [lv for lv in read_rows(levels_path, settings) if lv["concurrency"] in levels_c]
     if not levels:
@@ -199,7 +207,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             s.stop()
     levels.sort(key=lambda lv: lv["concurrency"])
     result = {"target": str(target), "draft": str(draft), "max_new_tokens": args.max_new_tokens,
-              "server_args": extra, "levels": levels}
+              "server_args": extra, "block_size": args.block_size or _draft_block_size(draft), "levels": levels}
     out_json.write_text(json.dumps(result, indent=2))
     table = markdown_table(levels)
     out_json.with_suffix(".md").write_text(table + "\n")
@@ -217,6 +225,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--draft", default=None)
     p.add_argument("--port", type=int, default=30100)
     p.add_argument("--server-args", default="", help="extra flags for every server, one string")
+    p.add_argument("--block-size", type=int, default=None,
+                   help="verify width of the speculative servers (--speculative-num-draft-tokens); default: the "
+                        "drafter's block_size")
     p.add_argument("--json", required=True)
 
 

@@ -31,7 +31,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         target, draft = target or pair.target, draft or pair.draft
     result = evaluate(target, draft, args.prompts, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                       dtype=getattr(torch, args.dtype), limit=args.limit, workers=args.workers,
-                      rows_path=args.json + ".rows.jsonl")
+                      rows_path=args.json + ".rows.jsonl", block_size=args.block_size)
     with open(args.json, "w") as fh:
         json.dump(result, fh, indent=2)
     summary = {k: result[k] for k in ("num_prompts", "tau_domino", "tau_backbone", "tau_ratio") if k in result}
@@ -86,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="float32 keeps greedy comparisons free of bf16 near-ties")
     p.add_argument("--limit", type=int, default=None, help="first N prompts only")
     p.add_argument("--workers", type=int, default=1, help="processes (one thread each) sharing the prompts")
+    p.add_argument("--block-size", type=int, default=None,
+                   help="verify width: bonus + drafts per step (default: the drafter's block_size), as SGLang's "
+                        "--speculative-num-draft-tokens")
     p.add_argument("--json", required=True,
                    help="output JSON path (rows also go to JSON.rows.jsonl as they finish; a rerun resumes)")
     p.set_defaults(func=_cmd_eval)

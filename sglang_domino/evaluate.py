@@ -20,6 +20,12 @@ from sglang_domino.resume import append_row, read_rows, start_rows
 from sglang_domino.sampling import SamplingParams
 
 
+def load_config_block_size(draft_path: str | Path) -> int:
+    from sglang_domino.config import DominoConfig
+
+    return int(DominoConfig.from_pretrained(draft_path).block_size)
+
+
 def read_prompts(path: str | Path) -> list[dict[str, Any]]:
     """JSONL lines ``{"prompt": str}`` or ``{"messages": [...]}``; raises ValueError naming the bad line."""
     prompts = []
@@ -65,7 +71,8 @@ def eos_token_ids(tokenizer, model) -> list[int]:
 
 
 def evaluate_prompt(target, drafter, tokenizer, item: dict[str, Any], index: int, *, max_new_tokens: int,
-                    sampling: Optional[SamplingParams], eos: list[int], seed: int) -> dict[str, Any]:
+                    sampling: Optional[SamplingParams], eos: list[int], seed: int,
+                    block_size: Optional[int] = None) -> dict[str, Any]:
     """One prompt: Domino, the same drafter without its head, and (greedy) the target alone -> a result row."""
     ids = encode_prompt(tokenizer, item)
     row: dict[str, Any] = {"index": index, "prompt_tokens": int(ids.shape[1])}
@@ -74,7 +81,8 @@ def evaluate_prompt(target, drafter, tokenizer, item: dict[str, Any], index: int
         generator = torch.Generator().manual_seed(seed + index)
         start = time.perf_counter()
         out = speculative_generate(target, drafter, ids, max_new_tokens, eos_token_ids=eos,
-                                   sampling=sampling, generator=generator, use_head=use_head)
+                                   sampling=sampling, generator=generator, use_head=use_head,
+                                   block_size=block_size)
         row[f"tau_{name}"] = out.tau
         row[f"accepted_{name}"] = int(sum(out.accept_lengths))
         row[f"verify_steps_{name}"] = out.verify_steps
@@ -91,7 +99,7 @@ def evaluate_prompt(target, drafter, tokenizer, item: dict[str, Any], index: int
 
 def _eval_worker(worker: int, indices: list[int], target_path: str, draft_path: str, prompts: list[dict[str, Any]],
                  max_new_tokens: int, temperature: float, dtype: torch.dtype, seed: int, rows_path: Optional[str],
-                 threads: Optional[int]) -> list[dict[str, Any]]:
+                 threads: Optional[int], block_size: Optional[int] = None) -> list[dict[str, Any]]:
     """Evaluate ``indices`` of ``prompts`` (one process); each finished row is appended to ``rows_path``."""
     if threads:
         torch.set_num_threads(threads)
@@ -102,7 +110,7 @@ def _eval_worker(worker: int, indices: list[int], target_path: str, draft_path: 
     rows = []
     for index in tqdm(indices, desc=f"eval[{worker}]", unit="prompt", position=worker):
         row = evaluate_prompt(target, drafter, tokenizer, prompts[index], index, max_new_tokens=max_new_tokens,
-                              sampling=sampling, eos=eos, seed=seed)
+                              sampling=sampling, eos=eos, seed=seed, block_size=block_size)
         rows.append(row)
         if rows_path:
             append_row(rows_path, row)
@@ -121,16 +129,18 @@ def evaluate(
     seed: int = 0,
     workers: int = 1,
     rows_path: Optional[str | Path] = None,
+    block_size: Optional[int] = None,
 ) -> dict[str, Any]:
     """Run the offline loop with and without the head (and plain greedy decoding when temperature is 0).
 
     ``workers`` > 1 splits the prompts over that many processes of one thread each (batch-1 decoding does
     not use a second core well). ``rows_path``: per-prompt rows are appended there as they finish, and a rerun
-    with the same settings skips the prompts already done (resume)."""
+    with the same settings skips the prompts already done (resume). ``block_size``: the verify width
+    (default the drafter's), as ``--speculative-num-draft-tokens`` sets it in SGLang."""
     prompts = read_prompts(prompts_path)[:limit]
     settings = {"target": str(target_path), "draft": str(draft_path), "prompts": str(prompts_path),
                 "num_prompts": len(prompts), "max_new_tokens": max_new_tokens, "temperature": temperature,
-                "dtype": str(dtype), "seed": seed}
+                "dtype": str(dtype), "seed": seed, "block_size": block_size}
     rows_file = Path(rows_path) if rows_path else None
     done = {int(r["index"]): r for r in read_rows(rows_file, settings)} if rows_file else {}
     if rows_file is not None and not done:
@@ -140,13 +150,13 @@ def evaluate(
             str(rows_file) if rows_file else None)
     rows = list(done.values())
     if workers <= 1 or len(todo) <= 1:
-        rows += _eval_worker(0, todo, *args, None)
+        rows += _eval_worker(0, todo, *args, None, block_size)
     else:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
 
         with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
-            futures = [pool.submit(_eval_worker, w, todo[w::workers], *args, 1) for w in range(workers)]
+            futures = [pool.submit(_eval_worker, w, todo[w::workers], *args, 1, block_size) for w in range(workers)]
             for fut in futures:
                 rows += fut.result()
     per_prompt = sorted(rows, key=lambda r: r["index"])
@@ -154,6 +164,7 @@ def evaluate(
         "target": str(target_path), "draft": str(draft_path), "prompts": str(prompts_path),
         "num_prompts": len(per_prompt), "max_new_tokens": max_new_tokens, "temperature": temperature,
         "dtype": str(dtype).removeprefix("torch."),
+        "block_size": block_size or load_config_block_size(draft_path),
     }
     for name in ("domino", "backbone"):
         # τ pooled over all verify steps, as SGLang's avg_spec_accept_length pools them.

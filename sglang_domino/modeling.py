@@ -253,13 +253,17 @@ class DominoDrafter(nn.Module):
         cache.length += t
 
     @torch.no_grad()
-    def draft_block_hidden(self, cache: ContextKVCache, bonus_tokens: torch.Tensor, embed_weight: torch.Tensor) -> torch.Tensor:
+    def draft_block_hidden(self, cache: ContextKVCache, bonus_tokens: torch.Tensor, embed_weight: torch.Tensor,
+                           block_size: Optional[int] = None) -> torch.Tensor:
         """Backbone hidden states of the next block ``[bonus, MASK × (B−1)]`` at positions T..T+B−1.
 
         bonus_tokens [N]; embed_weight [V, H] the target's embedding -> draft_hidden [N, B, H].
-        The cache is read, not changed.
+        ``block_size`` (default: the drafter's) is the verify width, as SGLang's
+        ``--speculative-num-draft-tokens`` sets it. The cache is read, not changed.
         """
-        n, b = bonus_tokens.shape[0], self.config.block_size
+        n, b = bonus_tokens.shape[0], int(block_size or self.config.block_size)
+        if b < 2:
+            raise ValueError(f"a block needs at least 2 slots, got block_size={b}")
         block_ids = torch.full((n, b), self.config.mask_token_id, dtype=torch.long, device=bonus_tokens.device)
         block_ids[:, 0] = bonus_tokens
         embeds = F.embedding(block_ids, embed_weight).to(self.fc.weight.dtype)

@@ -73,6 +73,7 @@ def speculative_generate(
     sampling: Optional[SamplingParams] = None,
     generator: Optional[torch.Generator] = None,
     use_head: bool = True,
+    block_size: Optional[int] = None,
     phase_times: Optional[dict[str, float]] = None,
 ) -> SpecOutput:
     """Generate up to ``max_new_tokens`` for one prompt ``input_ids`` [1, T].
@@ -80,6 +81,8 @@ def speculative_generate(
     sampling None = greedy (equals the target's own greedy decoding token for token);
     otherwise lossless speculative sampling with the drafter's sampled drafts and their probabilities.
     use_head=False drafts with the backbone's base logits only (plain DFlash on the same weights).
+    block_size: the verify width (bonus + drafts), default the drafter's own (SGLang's
+    ``--speculative-num-draft-tokens``).
     phase_times: if given, seconds spent per phase of the rounds are added to it (``draft_backbone``,
     ``draft_logits`` (base logits + Domino correction + selection), ``target_verify``, ``accept``,
     ``context_append``) -- what ``benchmarks/round_profile.py`` reports.
@@ -102,7 +105,7 @@ def speculative_generate(
     while len(result.tokens) < max_new_tokens and int(bonus) not in eos:
         start = draft_cache.length  # position of the bonus token
         with _phase(phase_times, "draft_backbone"):
-            draft_hidden = drafter.draft_block_hidden(draft_cache, bonus, embed_weight)
+            draft_hidden = drafter.draft_block_hidden(draft_cache, bonus, embed_weight, block_size)
         with _phase(phase_times, "draft_logits"):
             block = draft_from_hidden(
                 draft_hidden, bonus, embed_weight, lm_head_weight, head,

@@ -74,3 +74,25 @@ def test_sampled_speculation_emits_valid_tokens(target) -> None:
                                generator=torch.Generator().manual_seed(0))
     assert len(out.tokens) == 25 and all(0 <= t < 96 for t in out.tokens)
     assert all(1 <= a <= 6 for a in out.accept_lengths)
+
+
+@pytest.mark.parametrize("verify_width", [2, 3, 5])
+def test_a_narrower_verify_width_stays_lossless(target, verify_width: int) -> None:
+    """A drafter trained with block 8 verified ``verify_width`` tokens at a time (SGLang's
+    --speculative-num-draft-tokens): output unchanged, never more than the width per step."""
+    drafter = random_drafter(seed=5, block_size=8)
+    for prompt in PROMPTS:
+        ids = torch.tensor([prompt])
+        got = speculative_generate(target, drafter, ids, max_new_tokens=30, block_size=verify_width)
+        assert got.tokens == plain_generate(target, ids, max_new_tokens=30), f"prompt {prompt}"
+        assert all(1 <= a <= verify_width for a in got.accept_lengths)
+
+
+def test_the_agreeing_drafter_fills_a_narrower_width() -> None:
+    target = tiny_target(seed=3)
+    with torch.no_grad():
+        target.lm_head.weight.zero_()
+    drafter = random_drafter(seed=2, block_size=8)
+    drafter.drop_head()
+    out = speculative_generate(target, drafter, torch.tensor([[3, 4, 5]]), max_new_tokens=13, block_size=4)
+    assert out.accept_lengths == [4, 4, 4]

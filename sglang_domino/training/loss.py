@@ -17,6 +17,9 @@ when the drafted tokens equal the real ones (checked by the tests).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -81,9 +84,40 @@ def gru_slot_states(gru: nn.GRU, prefix_embeds: torch.Tensor, shift_label: bool)
         return torch.cat((out.new_zeros(r, 1, out.shape[-1]), out), dim=1)
 
 
-def head_correction(embed_proj: nn.Module, z: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
-    """embed_proj([z | s]) -> [..., V]."""
-    return embed_proj(torch.cat((z, states.to(z.dtype)), dim=-1))
+def head_correction(embed_proj: nn.Module, z: torch.Tensor, states: torch.Tensor,
+                    vocab_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """embed_proj([z | s]) -> [..., V], or only the columns ``vocab_ids`` [V'] -> [..., V']."""
+    x = torch.cat((z, states.to(z.dtype)), dim=-1)
+    if vocab_ids is None:
+        return embed_proj(x)
+    low_rank = embed_proj[1](embed_proj[0](x))
+    return F.linear(low_rank, embed_proj[2].weight.index_select(0, vocab_ids))
+
+
+@dataclass(frozen=True)
+class LossVocab:
+    """The vocabulary the training loss is computed over: ``ids`` [V'] sorted token ids, ``remap`` [V] the
+    position of every token id in ``ids`` (−1 outside).
+
+    Why: on CPU the vocabulary-sized work (lm_head GEMM, log-softmax, their backward, argmax, dtype casts)
+    is most of a training step, and self-distilled data uses a small part of the 49k vocabulary. The model
+    itself is unchanged and serves over the full vocabulary; tokens outside ``ids`` simply get no gradient
+    (SpecForge's EAGLE-3 recipe goes further and drafts from a reduced vocabulary only)."""
+
+    ids: torch.Tensor
+    remap: torch.Tensor
+
+    @classmethod
+    def from_token_ids(cls, token_ids: torch.Tensor, vocab_size: int) -> "LossVocab":
+        ids = torch.unique(token_ids.reshape(-1).to(torch.int64))
+        if ids.numel() == 0 or int(ids.min()) < 0 or int(ids.max()) >= vocab_size:
+            raise ValueError(f"loss vocabulary ids must be in [0, {vocab_size}), got {ids.numel()} ids")
+        remap = torch.full((vocab_size,), -1, dtype=torch.int64)
+        remap[ids] = torch.arange(ids.numel())
+        return cls(ids, remap)
+
+    def __len__(self) -> int:
+        return int(self.ids.numel())
 
 
 def teacher_forced_logits(
@@ -130,6 +164,7 @@ def domino_loss(
     *,
     lam: float,
     gamma: float,
+    loss_vocab: Optional[LossVocab] = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The weighted base/final CE of all supervised slots, plus metrics.
 
@@ -139,6 +174,9 @@ def domino_loss(
         prefix_ids: [N, W, B] the real tokens x[a .. a+B−1] (teacher-forced GRU inputs).
         embed_weight, lm_head_weight: the frozen target's [V, H] matrices (lm_head may be a bf16 copy).
         lam: the base-loss weight λ; gamma: loss-decay γ.
+        loss_vocab: compute the softmaxes over these tokens only (every label must be one of them); then
+            ``lm_head_weight`` is the full [V, H] matrix and only its ``loss_vocab.ids`` rows are used, and the
+            accuracy metrics are argmaxes over that vocabulary.
 
     Only the supervised slots go through the vocabulary projections (the dominant cost). Metrics:
     ``accept_len``/``base_accept_len`` are mean (consecutive correct + 1) over blocks with a supervised slot,
@@ -160,6 +198,13 @@ def domino_loss(
     flat_hidden = draft_hidden.reshape(-1, h)
     z_u, z_c = flat_hidden.index_select(0, rows_u), flat_hidden.index_select(0, rows_c)
     y = labels.reshape(-1).index_select(0, rows)
+    vocab_ids = None
+    if loss_vocab is not None:
+        vocab_ids = loss_vocab.ids.to(device)
+        lm_head_weight = lm_head_weight.index_select(0, vocab_ids)
+        y = loss_vocab.remap.to(device).index_select(0, y)
+        if bool((y < 0).any()):
+            raise ValueError("a label is outside the loss vocabulary (build it from the training tokens)")
     wt = weights.reshape(-1).index_select(0, rows)
     base_u = F.linear(z_u, lm_head_weight).float()
     base_c = F.linear(z_c, lm_head_weight).float()
@@ -172,7 +217,7 @@ def domino_loss(
             drafter.prefix_gru, F.embedding(prefix_ids.reshape(n * w, b), embed_weight), cfg.shift_label
         )
         s_c = states.reshape(-1, states.shape[-1]).index_select(0, rows_c)
-        final_c = base_c + head_correction(drafter.embed_proj, z_c, s_c).float()
+        final_c = base_c + head_correction(drafter.embed_proj, z_c, s_c, vocab_ids).float()
         ce_final_c = F.cross_entropy(final_c, y[nu:], reduction="none")
     ce_base = torch.cat((ce_base_u, ce_base_c))
     ce_final = torch.cat((ce_base_u, ce_final_c))
@@ -213,6 +258,7 @@ def domino_loss(
 
 
 __all__ = [
+    "LossVocab",
     "accept_length",
     "default_decay_gamma",
     "domino_loss",

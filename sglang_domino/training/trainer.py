@@ -42,7 +42,7 @@ from torch import nn
 
 from sglang_domino.config import DominoConfig, DominoConfigError, default_target_layer_ids
 from sglang_domino.modeling import DominoDrafter
-from sglang_domino.training.loss import default_decay_gamma, domino_loss, lambda_schedule
+from sglang_domino.training.loss import LossVocab, default_decay_gamma, domino_loss, lambda_schedule
 from sglang_domino.training.masks import (
     block_input_ids,
     block_positions,
@@ -397,8 +397,10 @@ class DominoTrainer:
         bf16: bool = False,
         freeze_backbone: bool = False,
         seed: int = 0,
+        loss_vocab: Optional[LossVocab] = None,
     ) -> None:
         self.drafter, self.frozen = drafter, frozen
+        self.loss_vocab = loss_vocab
         self.config = drafter.config
         self.total_steps = int(total_steps)
         self.blocks_per_seq = int(blocks_per_seq)
@@ -447,7 +449,7 @@ class DominoTrainer:
             prefix = block_prefix_ids(batch.input_ids, anchors, b)
             loss, metrics = domino_loss(
                 self.drafter, hidden, labels, valid, prefix, self.frozen.embed_weight,
-                self.frozen.head_for(self.bf16), lam=lam, gamma=self.gamma,
+                self.frozen.head_for(self.bf16), lam=lam, gamma=self.gamma, loss_vocab=self.loss_vocab,
             )
         return loss, metrics
 
@@ -720,6 +722,12 @@ def train(args: argparse.Namespace) -> dict:
     logger.info("data: %d sequences (%d dropped: no valid anchor), %d tokens, %d supervised",
                 len(examples), dropped, num_tokens, sum(int(e.loss_mask.sum()) for e in examples))
 
+    loss_vocab = None
+    if args.loss_vocab == "data":
+        loss_vocab = LossVocab.from_token_ids(torch.cat([e.input_ids for e in examples]), int(text_cfg.vocab_size))
+        logger.info("loss vocabulary: the %d distinct tokens of the training sequences (of %d)", len(loss_vocab),
+                    int(text_cfg.vocab_size))
+
     target_dtype = _DTYPES[args.target_dtype]
     target = AutoModelForCausalLM.from_pretrained(str(target_dir), dtype=target_dtype).eval()
     for p in target.parameters():
@@ -748,7 +756,7 @@ def train(args: argparse.Namespace) -> dict:
         warmup_steps=warmup, lr_scheduler=args.lr_scheduler, min_lr_ratio=args.min_lr_ratio,
         grad_clip=args.grad_clip, blocks_per_seq=args.blocks_per_seq, gamma=args.loss_decay_gamma,
         lambda0=lambda0, lambda_decay_ratio=args.lambda_decay_ratio, bf16=args.bf16,
-        freeze_backbone=args.freeze_backbone, seed=args.seed,
+        freeze_backbone=args.freeze_backbone, seed=args.seed, loss_vocab=loss_vocab,
     )
     stream = BatchStream(len(examples), args.batch_size, args.seed)
     ckpt_dir = out / "ckpt"
@@ -912,6 +920,9 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     o.add_argument("--lambda-decay-ratio", type=float, default=0.5, help="λ reaches 0 at this fraction of training")
     o.add_argument("--bf16", action="store_true",
                    help="bf16 autocast, fp32 master weights (a loss on CPUs without bf16 matmul units)")
+    o.add_argument("--loss-vocab", choices=["full", "data"], default="full",
+                   help="softmax over the full vocabulary, or over the tokens that occur in the training sequences "
+                        "(several times cheaper on CPU; the exported drafter still drafts over the full vocabulary)")
     o.add_argument("--seed", type=int, default=0)
     o.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
 

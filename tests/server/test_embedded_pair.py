@@ -1,6 +1,8 @@
 """The embedded default pair (SmolLM2-135M-Instruct + the shipped drafter) served by real SGLang servers:
 Domino's greedy output equals plain decoding token for token on a few held-out prompts sent concurrently, and
-SGLang's own ``avg_spec_accept_length`` shows accepted drafts."""
+SGLang's own ``avg_spec_accept_length`` shows accepted drafts. A third server verifies a narrower block
+(``--speculative-num-draft-tokens 4``, what CPU serving can choose because verify cost grows with the width)
+and must equal plain decoding too."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from server.conftest import Server, cpu_env, free_port, launch_cmd, start_server
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
 MAX_NEW_TOKENS = 40
+NARROW_WIDTH = 4
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +27,9 @@ def embedded_servers(tmp_path_factory):
     logs = tmp_path_factory.mktemp("embedded_logs")
     running: dict[str, Server] = {}
     try:
-        for name, draft in (("plain", None), ("domino", pair.draft)):
-            cmd = launch_cmd(pair.target, free_port(), draft=draft)
+        for name, draft, extra in (("plain", None, ()), ("domino", pair.draft, ()),
+                                   ("domino_narrow", pair.draft, ("--speculative-num-draft-tokens", str(NARROW_WIDTH)))):
+            cmd = launch_cmd(pair.target, free_port(), *extra, draft=draft)
             proc, t0 = start_server(name, cmd, cpu_env(), logs / f"{name}.log")
             port = cmd[cmd.index("--port") + 1]
             running[name] = Server(name, f"http://127.0.0.1:{port}", proc, logs / f"{name}.log",
@@ -54,9 +58,12 @@ def test_embedded_pair_greedy_equals_plain(embedded_servers) -> None:
         with ThreadPoolExecutor(len(prompts)) as pool:
             return list(pool.map(lambda ids: server.generate(**payload(ids)), prompts))
 
-    plain, domino = run(servers["plain"]), run(servers["domino"])
-    for p, d in zip(plain, domino):
+    plain, domino, narrow = run(servers["plain"]), run(servers["domino"]), run(servers["domino_narrow"])
+    for p, d, n in zip(plain, domino, narrow):
         assert d["output_ids"] == p["output_ids"]
+        assert n["output_ids"] == p["output_ids"]
+        # At most NARROW_WIDTH tokens per verify step (token 1 comes from the prefill).
+        assert n["meta_info"]["completion_tokens"] <= 1 + NARROW_WIDTH * n["meta_info"]["spec_verify_ct"]
     verify = sum(d["meta_info"]["spec_verify_ct"] for d in domino)
     tokens = sum(d["meta_info"]["completion_tokens"] for d in domino)
     assert verify > 0  # the requests really went through speculative verify steps

@@ -12,6 +12,7 @@ from conftest import random_drafter
 from sglang_domino.kernels import correction_loop_eager
 from sglang_domino.rollout import proposal_hidden
 from sglang_domino.training.loss import (
+    LossVocab,
     accept_length,
     default_decay_gamma,
     domino_loss,
@@ -229,3 +230,45 @@ def test_domino_loss_matches_dense_reference(shift_label, use_head):
     if use_head:
         assert drafter.embed_proj[2].weight.grad is not None
         assert drafter.prefix_gru.weight_ih_l0.grad is not None
+
+
+@pytest.mark.parametrize("shift_label", [True, False])
+def test_loss_vocab_is_the_dense_loss_over_those_columns(shift_label):
+    """--loss-vocab data: the same loss with every logit row cut to the chosen token columns (labels remapped);
+    the full vocabulary as the loss vocabulary gives exactly the full loss; a label outside is an error."""
+    drafter = random_drafter(seed=3, shift_label=shift_label)
+    cfg = drafter.config
+    g = torch.Generator().manual_seed(4)
+    n, w, b, h, v = 2, 2, cfg.block_size, cfg.hidden_size, cfg.vocab_size
+    embed, lm_head = torch.randn(v, h, generator=g), torch.randn(v, h, generator=g) * 0.2
+    hidden = torch.randn(n, w, b, h, generator=g)
+    vocab = LossVocab.from_token_ids(torch.tensor([3, 7, 7, 11, 20, 41, 42, 60, 95]), v)
+    assert vocab.ids.tolist() == [3, 7, 11, 20, 41, 42, 60, 95] and int(vocab.remap[41]) == 4
+    labels = vocab.ids[torch.randint(0, len(vocab), (n, w, b), generator=g)]
+    valid = torch.rand(n, w, b, generator=g) > 0.2
+    if not shift_label:
+        valid[..., 0] = False
+    prefix = torch.randint(0, v, (n, w, b), generator=g)
+    kw = dict(lam=0.4, gamma=5.0)
+    loss, metrics = domino_loss(drafter, hidden, labels, valid, prefix, embed, lm_head, loss_vocab=vocab, **kw)
+
+    final, base = teacher_forced_logits(drafter, hidden.reshape(n * w, b, h), prefix.reshape(n * w, b), embed, lm_head)
+    cols = vocab.ids
+    wts = (valid.float() * slot_weights(b, shift_label, kw["gamma"])).reshape(-1)
+    y = vocab.remap[labels.reshape(-1)]
+    ce_f = F.cross_entropy(final.reshape(-1, v)[:, cols], y, reduction="none")
+    ce_b = F.cross_entropy(base.reshape(-1, v)[:, cols], y, reduction="none")
+    den = wts.sum() + 1e-6
+    expected = 0.6 * (ce_f * wts).sum() / den + 0.4 * (ce_b * wts).sum() / den
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-5)
+    hits = (final.reshape(-1, v)[:, cols].argmax(-1) == y)[valid.reshape(-1)].float().mean().item()
+    assert metrics["accuracy"] == pytest.approx(hits)
+
+    everything = LossVocab.from_token_ids(torch.arange(v), v)
+    full, _ = domino_loss(drafter, hidden, labels, valid, prefix, embed, lm_head, **kw)
+    same, _ = domino_loss(drafter, hidden, labels, valid, prefix, embed, lm_head, loss_vocab=everything, **kw)
+    torch.testing.assert_close(same, full)
+    outside = labels.clone()
+    outside[valid.nonzero()[0].unbind()] = 0  # token 0 is not in the loss vocabulary
+    with pytest.raises(ValueError, match="outside the loss vocabulary"):
+        domino_loss(drafter, hidden, outside, valid, prefix, embed, lm_head, loss_vocab=vocab, **kw)
