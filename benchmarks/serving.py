@@ -182,6 +182,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             measured: dict[str, dict[str, Any]] = {}
             for name in order:
                 measured[name] = asyncio.run(run_level(servers[name].url, payloads, conc))
+                if measured[name]["failed"] == len(payloads):
+                    # A dead or wedged server: stop rather than record a level of zeros.
+                    raise RuntimeError(f"every request to the {name} server failed at concurrency {conc}; "
+                                       f"see {servers[name].log_path}")
                 progress.update(1)
             same = measured["domino"]["output_ids"] == measured["plain"]["output_ids"]
             levels.append({

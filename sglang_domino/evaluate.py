@@ -97,10 +97,29 @@ def evaluate_prompt(target, drafter, tokenizer, item: dict[str, Any], index: int
     return row
 
 
+def _exit_with_parent(poll_s: float = 2.0) -> None:
+    """In a pool worker: exit once the parent is gone. Why: a killed ``sglang-domino eval`` otherwise leaves its
+    workers decoding on every core (they are not in the parent's process group when it is killed alone)."""
+    import os
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def _eval_worker(worker: int, indices: list[int], target_path: str, draft_path: str, prompts: list[dict[str, Any]],
                  max_new_tokens: int, temperature: float, dtype: torch.dtype, seed: int, rows_path: Optional[str],
-                 threads: Optional[int], block_size: Optional[int] = None) -> list[dict[str, Any]]:
+                 threads: Optional[int], block_size: Optional[int] = None,
+                 worker_of_pool: bool = False) -> list[dict[str, Any]]:
     """Evaluate ``indices`` of ``prompts`` (one process); each finished row is appended to ``rows_path``."""
+    if worker_of_pool:
+        _exit_with_parent()
     if threads:
         torch.set_num_threads(threads)
     target, tokenizer = load_target(target_path, dtype)
@@ -156,7 +175,7 @@ def evaluate(
         from concurrent.futures import ProcessPoolExecutor
 
         with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
-            futures = [pool.submit(_eval_worker, w, todo[w::workers], *args, 1, block_size) for w in range(workers)]
+            futures = [pool.submit(_eval_worker, w, todo[w::workers], *args, 1, block_size, True) for w in range(workers)]
             for fut in futures:
                 rows += fut.result()
     per_prompt = sorted(rows, key=lambda r: r["index"])
