@@ -26,15 +26,10 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from loadgen import run_level  # noqa: E402
 
+from sglang_domino.evaluate import load_config_block_size  # noqa: E402
 from sglang_domino.resume import append_row, read_rows, start_rows  # noqa: E402
 
 CONFIGS = ("plain", "domino", "backbone")
-
-
-def _draft_block_size(draft: Path) -> int:
-    from sglang_domino.config import DominoConfig
-
-    return int(DominoConfig.from_pretrained(draft).block_size)
 
 
 def backbone_only_checkpoint(draft: Path, cache_root: Path) -> Path:
@@ -211,7 +206,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             s.stop()
     levels.sort(key=lambda lv: lv["concurrency"])
     result = {"target": str(target), "draft": str(draft), "max_new_tokens": args.max_new_tokens,
-              "server_args": extra, "block_size": args.block_size or _draft_block_size(draft), "levels": levels}
+              "server_args": extra, "block_size": args.block_size or load_config_block_size(draft), "levels": levels}
     out_json.write_text(json.dumps(result, indent=2))
     table = markdown_table(levels)
     out_json.with_suffix(".md").write_text(table + "\n")

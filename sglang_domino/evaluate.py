@@ -21,6 +21,7 @@ from sglang_domino.sampling import SamplingParams
 
 
 def load_config_block_size(draft_path: str | Path) -> int:
+    """The drafter's own block size (the verify width when none is given)."""
     from sglang_domino.config import DominoConfig
 
     return int(DominoConfig.from_pretrained(draft_path).block_size)

@@ -262,8 +262,6 @@ class DominoDrafter(nn.Module):
         ``--speculative-num-draft-tokens`` sets it. The cache is read, not changed.
         """
         n, b = bonus_tokens.shape[0], int(block_size or self.config.block_size)
-        if b < 2:
-            raise ValueError(f"a block needs at least 2 slots, got block_size={b}")
         block_ids = torch.full((n, b), self.config.mask_token_id, dtype=torch.long, device=bonus_tokens.device)
         block_ids[:, 0] = bonus_tokens
         embeds = F.embedding(block_ids, embed_weight).to(self.fc.weight.dtype)
