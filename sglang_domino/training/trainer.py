@@ -1,6 +1,6 @@
 """Train a Domino drafter (or a plain DFlash backbone) against a frozen Hugging Face target, on CPU or GPU.
 
-    sglang-domino train --target PATH --data FILE.jsonl --out DIR [--feature-cache DIR] [...]
+    sglang-domino train --target PATH --data FILE.jsonl [FILE.jsonl.gz ...] --out DIR [--feature-cache DIR] [...]
 
 Pipeline:
 
@@ -10,7 +10,8 @@ Pipeline:
 2. Target features: the target's hidden states at ``target_layer_ids`` (HF ``hidden_states[id + 1]``, exactly
    what :func:`sglang_domino.offline.target_features` feeds the drafter at inference). Only the layers up to
    ``max(id) + 1`` run and the target's lm_head never does. ``--feature-cache DIR`` computes them once per
-   sequence into memory-mapped fp16/bf16 shards (the target forward otherwise dominates every step).
+   sequence into memory-mapped fp16/bf16 shards keyed by the sequence's tokens (the target forward otherwise
+   dominates every step); a cache reused with more data runs the target on the new sequences only.
 3. Step: sample ``--blocks-per-seq`` anchors per sequence, one backbone forward for all blocks (dense SDPA
    mask, :mod:`~sglang_domino.training.masks`), the objective of :mod:`~sglang_domino.training.loss`,
    AdamW + warmup/cosine|linear LR + grad clip, optional bf16 autocast.
@@ -25,6 +26,7 @@ The target is never updated; the drafter shares its (frozen) input embedding and
 from __future__ import annotations
 
 import argparse
+import gzip
 import hashlib
 import json
 import logging
@@ -34,7 +36,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -56,7 +58,7 @@ from sglang_domino.training.masks import (
 logger = logging.getLogger("sglang_domino.train")
 
 CKPT_FORMAT = 1
-FEATURE_CACHE_FORMAT = 1
+FEATURE_CACHE_FORMAT = 2  # 2: content-keyed shards + index.jsonl (grows with the data)
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -87,44 +89,59 @@ def _tokenizer_loader(target_dir: Path) -> Callable[[], object]:
     return get
 
 
-def load_examples(path: str | Path, tokenizer: Callable[[], object], max_len: int,
-                  limit: Optional[int] = None) -> list[Example]:
-    """Read a JSONL of conversations (``messages``) or pre-tokenised rows (``input_ids`` [+ ``loss_mask``])."""
-    examples: list[Example] = []
-    path = Path(path)
-    if not path.is_file():
-        raise TrainingError(f"--data {path}: no such file")
-    with path.open() as fh:
+def _jsonl_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """Non-empty lines of a JSONL or JSONL.gz file, numbered from 1."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
-            line = line.strip()
-            if not line:
-                continue
+            if line.strip():
+                yield lineno, line
+
+
+def load_examples(paths: str | Path | Sequence[str | Path], tokenizer: Callable[[], object], max_len: int,
+                  limit: Optional[int] = None) -> list[Example]:
+    """Read JSONL (or JSONL.gz) files of conversations (``messages``) or pre-tokenised rows
+    (``input_ids`` [+ ``loss_mask``]), in order. A torn last line (a writer killed mid-line, e.g. a
+    self-distillation still running) is skipped with a warning; a bad line anywhere else is an error."""
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    examples: list[Example] = []
+    for path in map(Path, paths):
+        if not path.is_file():
+            raise TrainingError(f"--data {path}: no such file")
+        lines = list(_jsonl_lines(path))
+        for n, (lineno, line) in enumerate(lines):
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
+                if n == len(lines) - 1 and not line.endswith("\n"):
+                    logger.warning("%s:%d: torn last line skipped", path, lineno)
+                    continue
                 raise TrainingError(f"{path}:{lineno}: not JSON ({exc})") from exc
-            if "input_ids" in row:
-                ids = torch.as_tensor(row["input_ids"], dtype=torch.long)[:max_len]
-                mask = row.get("loss_mask")
-                mask = torch.ones_like(ids, dtype=torch.bool) if mask is None else torch.as_tensor(mask).bool()[:max_len]
-                if mask.shape != ids.shape:
-                    raise TrainingError(f"{path}:{lineno}: loss_mask and input_ids differ in length")
-            elif "messages" in row:
-                from sglang_domino.training.data import tokenize_conversation
-
-                # A response cut at max_new_tokens has no end-of-turn token from the target: not supervised.
-                ids, mask = tokenize_conversation(tokenizer(), row["messages"], max_len,
-                                                  final_turn_complete=row.get("finish_reason") != "length")
-                ids = torch.as_tensor(ids, dtype=torch.long)
-                mask = torch.as_tensor(mask).bool()
-            else:
-                raise TrainingError(f"{path}:{lineno}: expected a 'messages' or an 'input_ids' field")
-            examples.append(Example(ids, mask))
+            examples.append(_example_from_row(row, tokenizer, max_len, f"{path}:{lineno}"))
             if limit is not None and len(examples) >= limit:
-                break
+                return examples
     if not examples:
-        raise TrainingError(f"--data {path}: no examples")
+        raise TrainingError(f"--data {', '.join(map(str, paths))}: no examples")
     return examples
+
+
+def _example_from_row(row: dict, tokenizer: Callable[[], object], max_len: int, where: str) -> Example:
+    if "input_ids" in row:
+        ids = torch.as_tensor(row["input_ids"], dtype=torch.long)[:max_len]
+        mask = row.get("loss_mask")
+        mask = torch.ones_like(ids, dtype=torch.bool) if mask is None else torch.as_tensor(mask).bool()[:max_len]
+        if mask.shape != ids.shape:
+            raise TrainingError(f"{where}: loss_mask and input_ids differ in length")
+        return Example(ids, mask)
+    if "messages" in row:
+        from sglang_domino.training.data import tokenize_conversation
+
+        # A response cut at max_new_tokens has no end-of-turn token from the target: not supervised.
+        ids, mask = tokenize_conversation(tokenizer(), row["messages"], max_len,
+                                          final_turn_complete=row.get("finish_reason") != "length")
+        return Example(torch.as_tensor(ids, dtype=torch.long), torch.as_tensor(mask).bool())
+    raise TrainingError(f"{where}: expected a 'messages' or an 'input_ids' field")
 
 
 def usable(example: Example, block_size: int) -> bool:
@@ -264,32 +281,51 @@ class FrozenTarget:
 
 
 class FeatureCache:
-    """Target features of every training sequence, computed once: ``DIR/shard_XXXXX.pt`` + ``DIR/meta.json``.
+    """Target features of training sequences, computed once and keyed by content.
 
-    Shard ``s`` holds sequences ``s·S .. s·S+S−1`` (dict ``str(index) -> [T_i, n·H]`` in fp16/bf16) and is
-    memory-mapped on read. ``meta.json`` carries a fingerprint of the target, the feature layers, the dtype
-    and every sequence's tokens: a cache built for other data or another target is refused, not misread.
-    A crash mid-build leaves finished shards in place; the next run builds the rest.
+    Layout: ``DIR/meta.json`` (a fingerprint of the target, the feature layers and the dtypes -- not of the
+    data), ``DIR/shard_XXXXX.pt`` (dict ``key -> [T_i, n·H]`` in fp16/bf16, memory-mapped on read) and
+    ``DIR/index.jsonl`` (one line per finished shard listing its keys, appended only after the shard file is in
+    place). A sequence's key is the SHA-1 of its token ids, so the cache grows with the data: adding
+    conversations to ``--data`` runs the target on the new sequences only, and reordering or dropping rows
+    costs nothing. A crash mid-build loses at most the shard being written. A cache built for another target,
+    other ``target_layer_ids`` or another dtype is refused, not misread.
     """
 
-    def __init__(self, root: Path, meta: dict) -> None:
+    def __init__(self, root: Path, meta: dict, keys: list[str], where: dict[str, str]) -> None:
         self.root, self.meta = root, meta
-        self.shard_size = int(meta["shard_size"])
-        self._shards: dict[int, dict[str, torch.Tensor]] = {}
+        self._keys = keys  # example index -> content key
+        self._where = where  # content key -> shard file name
+        self._shards: dict[str, dict[str, torch.Tensor]] = {}
 
     @staticmethod
-    def fingerprint(target_dir: Path, layer_ids: Sequence[int], dtype: str, target_dtype: str,
-                    examples: Sequence[Example]) -> str:
+    def fingerprint(target_dir: Path, layer_ids: Sequence[int], dtype: str, target_dtype: str) -> str:
         h = hashlib.sha256()
         cfg = target_dir / "config.json"
         h.update(cfg.read_bytes() if cfg.is_file() else str(target_dir).encode())
         for f in sorted(target_dir.glob("*.safetensors")) + sorted(target_dir.glob("*.bin")):
             h.update(f"{f.name}:{f.stat().st_size}".encode())
         h.update(json.dumps({"layers": list(layer_ids), "dtype": dtype, "target_dtype": target_dtype}).encode())
-        for e in examples:
-            h.update(e.input_ids.to(torch.int32).numpy().tobytes())
-            h.update(b"|")
         return h.hexdigest()
+
+    @staticmethod
+    def sequence_key(input_ids: torch.Tensor) -> str:
+        return hashlib.sha1(input_ids.to(torch.int32).numpy().tobytes()).hexdigest()
+
+    @staticmethod
+    def _read_index(root: Path) -> dict[str, str]:
+        where: dict[str, str] = {}
+        index = root / "index.jsonl"
+        if not index.is_file():
+            return where
+        for line in index.read_text().splitlines():
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:  # a torn last line: that shard is rebuilt
+                continue
+            if (root / entry["shard"]).is_file():
+                where.update((k, entry["shard"]) for k in entry["keys"])
+        return where
 
     @classmethod
     def open(
@@ -307,42 +343,52 @@ class FeatureCache:
         root = Path(root)
         root.mkdir(parents=True, exist_ok=True)
         meta_path = root / "meta.json"
-        num_shards = math.ceil(len(examples) / shard_size)
         if meta_path.is_file():
             meta = json.loads(meta_path.read_text())
             if meta.get("fingerprint") != fingerprint or meta.get("format") != FEATURE_CACHE_FORMAT:
                 raise TrainingError(
-                    f"--feature-cache {root} was built for other data, another target, other target_layer_ids or "
-                    "another dtype; point --feature-cache at a new directory (or delete this one)"
+                    f"--feature-cache {root} was built for another target, other target_layer_ids, another dtype "
+                    "or by an older version; point --feature-cache at a new directory (or delete this one)"
                 )
         else:
-            meta = {"format": FEATURE_CACHE_FORMAT, "fingerprint": fingerprint, "num_sequences": len(examples),
-                    "shard_size": shard_size, "dtype": str(dtype).removeprefix("torch.")}
+            meta = {"format": FEATURE_CACHE_FORMAT, "fingerprint": fingerprint,
+                    "dtype": str(dtype).removeprefix("torch.")}
             meta_path.write_text(json.dumps(meta, indent=2) + "\n")
-        cache = cls(root, meta)
-        missing = [s for s in range(num_shards) if not cache._shard_path(s).is_file()]
+        keys = [cls.sequence_key(e.input_ids) for e in examples]
+        where = cls._read_index(root)
+        first_of: dict[str, int] = {}
+        for i, k in enumerate(keys):
+            if k not in where:
+                first_of.setdefault(k, i)
+        missing = list(first_of.values())
         if missing:
             ext = extractor()
-            bar = _progress(total=len(missing), desc="feature cache", unit="shard", enabled=progress)
-            for s in missing:
-                lo, hi = s * cache.shard_size, min(len(examples), (s + 1) * cache.shard_size)
-                feats = ext.batched([examples[i].input_ids for i in range(lo, hi)], batch_tokens=batch_tokens)
-                shard = {str(i): f.to(dtype).contiguous() for i, f in zip(range(lo, hi), feats)}
-                tmp = cache._shard_path(s).with_suffix(".tmp")
-                torch.save(shard, tmp)
-                os.replace(tmp, cache._shard_path(s))
-                bar.update(1)
+            taken = [int(p.stem.split("_")[1]) for p in root.glob("shard_*.pt")]
+            next_shard = max(taken, default=-1) + 1
+            chunks = [missing[i : i + shard_size] for i in range(0, len(missing), shard_size)]
+            bar = _progress(total=len(missing), desc="feature cache", unit="seq", enabled=progress)
+            with open(root / "index.jsonl", "a") as index:
+                for chunk in chunks:
+                    feats = ext.batched([examples[i].input_ids for i in chunk], batch_tokens=batch_tokens)
+                    shard = {keys[i]: f.to(dtype).contiguous() for i, f in zip(chunk, feats)}
+                    name = f"shard_{next_shard:05d}.pt"
+                    next_shard += 1
+                    torch.save(shard, root / (name + ".tmp"))
+                    os.replace(root / (name + ".tmp"), root / name)
+                    index.write(json.dumps({"shard": name, "keys": list(shard)}) + "\n")
+                    index.flush()
+                    where.update((k, name) for k in shard)
+                    bar.update(len(chunk))
             bar.close()
-        return cache
-
-    def _shard_path(self, s: int) -> Path:
-        return self.root / f"shard_{s:05d}.pt"
+        return cls(root, meta, keys, where)
 
     def get(self, index: int) -> torch.Tensor:
-        s = index // self.shard_size
-        if s not in self._shards:
-            self._shards[s] = torch.load(self._shard_path(s), mmap=True, weights_only=True)
-        return self._shards[s][str(index)]
+        """Features of example ``index``: ``[T, n·H]`` in the cache dtype."""
+        key = self._keys[index]
+        name = self._where[key]
+        if name not in self._shards:
+            self._shards[name] = torch.load(self.root / name, mmap=True, weights_only=True)
+        return self._shards[name][key]
 
 
 # ------------------------------------------------------------------------------------------- the step
@@ -677,6 +723,8 @@ def _trim_metrics(path: Path, step: int) -> None:
 def train(args: argparse.Namespace) -> dict:
     """Run a training job described by the ``train`` parser's arguments; returns a summary dict."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.cache_only and not args.feature_cache:
+        raise TrainingError("--cache-only needs --feature-cache DIR")
     if args.threads:
         torch.set_num_threads(int(args.threads))
     out = Path(args.out)
@@ -738,12 +786,13 @@ def train(args: argparse.Namespace) -> dict:
     extractor = TargetFeatureExtractor(target, config.target_layer_ids)
     cache: Optional[FeatureCache] = None
     if args.feature_cache:
-        fp = FeatureCache.fingerprint(target_dir, config.target_layer_ids, args.feature_dtype, args.target_dtype,
-                                      examples)
+        fp = FeatureCache.fingerprint(target_dir, config.target_layer_ids, args.feature_dtype, args.target_dtype)
         t0 = time.time()
         cache = FeatureCache.open(args.feature_cache, examples, fp, _DTYPES[args.feature_dtype], lambda: extractor,
                                   batch_tokens=args.feature_batch_tokens, progress=not args.no_progress)
         logger.info("feature cache %s ready (%.1f s)", args.feature_cache, time.time() - t0)
+        if args.cache_only:
+            return {"feature_cache": str(args.feature_cache), "num_sequences": len(examples)}
         # Only the frozen embedding / lm_head copies are needed from here on.
         extractor, target = None, None
 
@@ -865,13 +914,17 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     io = p.add_argument_group("inputs and outputs")
     io.add_argument("--target", default=None, help="HF target dir (default: the embedded SmolLM2-135M-Instruct)")
-    io.add_argument("--data", required=True,
-                    help='JSONL of {"messages": [...]} conversations or pre-tokenised {"input_ids", "loss_mask"}')
+    io.add_argument("--data", required=True, nargs="+", metavar="FILE",
+                    help='JSONL (or .jsonl.gz) files of {"messages": [...]} conversations or pre-tokenised '
+                         '{"input_ids", "loss_mask"} rows, e.g. data/distilled/*.jsonl.gz')
     io.add_argument("--out", required=True, help="output dir: ckpt/, metrics.jsonl, drafter/ (published format)")
     io.add_argument("--max-len", type=int, default=1024, help="tokens per sequence (truncated)")
     io.add_argument("--limit", type=int, default=None, help="use the first N rows of --data only")
     io.add_argument("--feature-cache", default=None, metavar="DIR",
-                    help="compute the target features once per sequence into DIR (fp16/bf16 shards, memory-mapped)")
+                    help="compute the target features once per sequence into DIR (fp16/bf16 shards, memory-mapped, "
+                         "keyed by the tokens: reusing DIR with more data computes the new sequences only)")
+    io.add_argument("--cache-only", action="store_true",
+                    help="fill --feature-cache and exit (e.g. while more data is still being distilled)")
     io.add_argument("--feature-dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     io.add_argument("--feature-batch-tokens", type=int, default=4096, help="tokens per target forward when caching")
     io.add_argument("--target-dtype", default="float32", choices=["float32", "bfloat16"],
@@ -944,7 +997,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     except TrainingError as exc:
         print(f"sglang-domino train: error: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps({k: summary[k] for k in ("drafter", "steps", "stopped_at") if k in summary}))
+    print(json.dumps({k: summary[k] for k in ("drafter", "steps", "stopped_at", "feature_cache", "num_sequences")
+                      if k in summary}))
     return 0
 
 

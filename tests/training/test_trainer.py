@@ -170,11 +170,22 @@ def test_feature_extractor_matches_full_forward(ws, layer_ids):
     assert len(target.model.layers) == 4  # restored
 
 
+def _counting_extractor(ext: TargetFeatureExtractor, seen: list[int]):
+    """An extractor factory that records how many sequences each target run was given."""
+
+    class Counting:
+        def batched(self, seqs, batch_tokens):
+            seen.append(len(seqs))
+            return ext.batched(seqs, batch_tokens=batch_tokens)
+
+    return Counting
+
+
 def test_feature_cache_reuse_refusal_and_partial_rebuild(ws, trained):
     target = _load_target(ws)
     examples = [e for e in load_examples(ws / "data.jsonl", None, 1024) if len(e) > 8]
     ext = TargetFeatureExtractor(target, [1, 2])
-    fp = FeatureCache.fingerprint(ws / "target", [1, 2], "bfloat16", "float32", examples)
+    fp = FeatureCache.fingerprint(ws / "target", [1, 2], "bfloat16", "float32")
 
     def no_build():
         raise AssertionError("a complete cache must not run the target")
@@ -185,18 +196,38 @@ def test_feature_cache_reuse_refusal_and_partial_rebuild(ws, trained):
         got = cache.get(i)
         assert got.dtype == torch.bfloat16 and got.shape == expected.shape
         torch.testing.assert_close(got.float(), expected, rtol=2e-2, atol=2e-2)
-    other = FeatureCache.fingerprint(ws / "target", [0, 2], "bfloat16", "float32", examples)
+    other = FeatureCache.fingerprint(ws / "target", [0, 2], "bfloat16", "float32")
     with pytest.raises(TrainingError, match="feature-cache"):
         FeatureCache.open(ws / "fcache", examples, other, torch.bfloat16, no_build, progress=False)
-    # A crash mid-build: the missing shard (only) is rebuilt.
+    # A crash mid-build (a shard file gone, its index line left): only that shard's sequences are recomputed.
     small = ws / "fcache_small"
     FeatureCache.open(small, examples, fp, torch.bfloat16, lambda: ext, shard_size=8, progress=False)
     (small / "shard_00002.pt").unlink()
-    calls = []
-    rebuilt = FeatureCache.open(small, examples, fp, torch.bfloat16, lambda: calls.append(1) or ext, shard_size=8,
-                                progress=False)
-    assert calls == [1] and (small / "shard_00002.pt").is_file()
-    torch.testing.assert_close(rebuilt.get(20), cache.get(20))
+    seen: list[int] = []
+    Counting = _counting_extractor(ext, seen)
+    rebuilt = FeatureCache.open(small, examples, fp, torch.bfloat16, Counting, shard_size=8, progress=False)
+    assert seen == [8]
+    for i in range(len(examples)):
+        torch.testing.assert_close(rebuilt.get(i), cache.get(i))
+
+
+def test_feature_cache_grows_with_the_data(ws, trained):
+    """More (and reordered) data reuses the cached sequences: the target runs on the new ones only."""
+    target = _load_target(ws)
+    examples = [e for e in load_examples(ws / "data.jsonl", None, 1024) if len(e) > 8]
+    ext = TargetFeatureExtractor(target, [1, 2])
+    fp = FeatureCache.fingerprint(ws / "target", [1, 2], "bfloat16", "float32")
+    root = ws / "fcache_grow"
+    first = FeatureCache.open(root, examples[:10], fp, torch.bfloat16, lambda: ext, shard_size=4, progress=False)
+    seen: list[int] = []
+    Counting = _counting_extractor(ext, seen)
+    more = list(reversed(examples[:16]))
+    grown = FeatureCache.open(root, more, fp, torch.bfloat16, Counting, shard_size=4, progress=False)
+    assert sum(seen) == 6
+    for j, e in enumerate(more):
+        expected = ext(e.input_ids[None])[0]
+        torch.testing.assert_close(grown.get(j).float(), expected, rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(grown.get(len(more) - 1), first.get(0))
 
 
 # ---------------------------------------------------------------------------- export / inference parity
@@ -290,10 +321,32 @@ def test_conversations_are_tokenised_with_the_assistant_loss_mask(tmp_path):
     assert tok.decode(cut.input_ids[cut.loss_mask]) == "Hi there, friend!"
 
 
+def test_data_from_several_files_gzip_and_a_torn_last_line(tmp_path):
+    """--data takes several JSONL / JSONL.gz files in order; a torn last line (a writer killed mid-line) is
+    skipped, a bad line elsewhere is an error naming the file and line."""
+    import gzip
+
+    rows = [{"input_ids": list(range(i, i + 20))} for i in range(3)]
+    plain = tmp_path / "a.jsonl"
+    plain.write_text(json.dumps(rows[0]) + "\n" + '{"input_ids": [1, 2')
+    packed = tmp_path / "b.jsonl.gz"
+    with gzip.open(packed, "wt") as fh:
+        fh.write(json.dumps(rows[1]) + "\n" + json.dumps(rows[2]) + "\n")
+    got = load_examples([plain, packed], None, 1024)
+    assert [e.input_ids.tolist() for e in got] == [r["input_ids"] for r in rows]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"input_ids": [1, 2\n' + json.dumps(rows[0]) + "\n")
+    with pytest.raises(TrainingError, match=r"bad.jsonl:1: not JSON"):
+        load_examples([packed, bad], None, 1024)
+    with pytest.raises(TrainingError, match="no such file"):
+        load_examples([tmp_path / "missing.jsonl"], None, 1024)
+
+
 def test_cli_registers_train():
     from sglang_domino.cli import build_parser
 
     args = build_parser().parse_args(["train", "--data", "d.jsonl", "--out", "o", "--no-shift-label",
                                       "--target-layer-ids", "1,5,9"])
     assert args.command == "train" and args.target_layer_ids == [1, 5, 9] and args.shift_label is False
+    assert args.data == ["d.jsonl"]
     assert args.func.__name__ == "_cmd_train"
