@@ -34,7 +34,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                       rows_path=args.json + ".rows.jsonl", block_size=args.block_size)
     with open(args.json, "w") as fh:
         json.dump(result, fh, indent=2)
-    summary = {k: result[k] for k in ("num_prompts", "tau_domino", "tau_backbone", "tau_ratio") if k in result}
+    summary = {k: result[k] for k in ("num_prompts", "tau_domino", "tau_backbone", "tau_ratio", "tau_domino_point_mass",
+                                      "tau_ratio_sampled_vs_point_mass") if k in result}
     if "lossless" in result:
         summary["lossless"] = result["lossless"]
     print(json.dumps(summary))

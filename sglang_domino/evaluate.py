@@ -71,19 +71,28 @@ def eos_token_ids(tokenizer, model) -> list[int]:
     return sorted({t for t in (tokenizer.eos_token_id, *configured) if t is not None})
 
 
+def run_variants(sampled: bool) -> list[tuple[str, bool, bool]]:
+    """(name, use_head, point_mass_drafts) of the offline runs per prompt."""
+    variants = [("domino", True, False), ("backbone", False, False)]
+    return variants + [("domino_point_mass", True, True)] if sampled else variants
+
+
 def evaluate_prompt(target, drafter, tokenizer, item: dict[str, Any], index: int, *, max_new_tokens: int,
                     sampling: Optional[SamplingParams], eos: list[int], seed: int,
                     block_size: Optional[int] = None) -> dict[str, Any]:
-    """One prompt: Domino, the same drafter without its head, and (greedy) the target alone -> a result row."""
+    """One prompt: Domino, the same drafter without its head, and (greedy) the target alone -> a result row.
+
+    With sampling, also ``domino_point_mass``: the same drafter with greedy drafts verified as point masses
+    (upstream SGLang's treatment of Domino drafts), to measure what sampled drafts gain."""
     ids = encode_prompt(tokenizer, item)
     row: dict[str, Any] = {"index": index, "prompt_tokens": int(ids.shape[1])}
     outputs = {}
-    for name, use_head in (("domino", True), ("backbone", False)):
+    for name, use_head, point_mass in run_variants(sampling is not None):
         generator = torch.Generator().manual_seed(seed + index)
         start = time.perf_counter()
         out = speculative_generate(target, drafter, ids, max_new_tokens, eos_token_ids=eos,
                                    sampling=sampling, generator=generator, use_head=use_head,
-                                   block_size=block_size)
+                                   block_size=block_size, point_mass_drafts=point_mass)
         row[f"tau_{name}"] = out.tau
         row[f"accepted_{name}"] = int(sum(out.accept_lengths))
         row[f"verify_steps_{name}"] = out.verify_steps
@@ -186,11 +195,13 @@ def evaluate(
         "dtype": str(dtype).removeprefix("torch."),
         "block_size": block_size or load_config_block_size(draft_path),
     }
-    for name in ("domino", "backbone"):
+    for name, _, _ in run_variants(temperature > 0):
         # τ pooled over all verify steps, as SGLang's avg_spec_accept_length pools them.
         steps = sum(r[f"verify_steps_{name}"] for r in per_prompt)
         result[f"tau_{name}"] = sum(r[f"accepted_{name}"] for r in per_prompt) / max(steps, 1)
     result["tau_ratio"] = result["tau_domino"] / max(result["tau_backbone"], 1e-9)
+    if temperature > 0:  # sampled drafts with their probabilities vs greedy drafts as point masses
+        result["tau_ratio_sampled_vs_point_mass"] = result["tau_domino"] / max(result["tau_domino_point_mass"], 1e-9)
     if temperature <= 0:
         result["lossless"] = all(r["lossless"] for r in per_prompt)
     result["per_prompt"] = per_prompt

@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from transformers.cache_utils import DynamicCache
 
 from sglang_domino.modeling import DominoDrafter
-from sglang_domino.rollout import draft_from_hidden
+from sglang_domino.rollout import DraftBlock, draft_from_hidden
 from sglang_domino.sampling import SamplingParams, filtered_probs, sample_from
 from sglang_domino.verify import verify_greedy, verify_sampling
 
@@ -75,6 +76,7 @@ def speculative_generate(
     use_head: bool = True,
     block_size: Optional[int] = None,
     phase_times: Optional[dict[str, float]] = None,
+    point_mass_drafts: bool = False,
 ) -> SpecOutput:
     """Generate up to ``max_new_tokens`` for one prompt ``input_ids`` [1, T].
 
@@ -83,6 +85,9 @@ def speculative_generate(
     use_head=False drafts with the backbone's base logits only (plain DFlash on the same weights).
     block_size: the verify width (bonus + drafts), default the drafter's own (SGLang's
     ``--speculative-num-draft-tokens``).
+    point_mass_drafts: with sampling, draft greedily and verify the drafts as point masses (q = one-hot;
+    accept with probability p(d), else resample from p without d) -- upstream SGLang's treatment of Domino
+    drafts. Also lossless; kept for comparison with the sampled drafts (``sglang-domino eval --temperature``).
     phase_times: if given, seconds spent per phase of the rounds are added to it (``draft_backbone``,
     ``draft_logits`` (base logits + Domino correction + selection), ``target_verify``, ``accept``,
     ``context_append``) -- what ``benchmarks/round_profile.py`` reports.
@@ -110,8 +115,10 @@ def speculative_generate(
             block = draft_from_hidden(
                 draft_hidden, bonus, embed_weight, lm_head_weight, head,
                 shift_label=config.shift_label, pure_draft_prefix_len=config.pure_draft_prefix_len,
-                sampling=sampling, generator=generator,
+                sampling=None if point_mass_drafts else sampling, generator=generator,
             )
+            if point_mass_drafts and sampling is not None:
+                block = DraftBlock(block.tokens, F.one_hot(block.tokens, lm_head_weight.shape[0]).float())
         with _phase(phase_times, "target_verify"):
             verify_ids = torch.cat((bonus[:, None], block.tokens), dim=1)
             out = target(verify_ids, past_key_values=cache, use_cache=True, output_hidden_states=True)

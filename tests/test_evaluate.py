@@ -55,3 +55,15 @@ def test_eval_workers_and_resume_give_the_same_result(setup) -> None:
     # Different settings never reuse old rows.
     other = evaluate(pair.target, pair.drafter, prompts, max_new_tokens=8, rows_path=rows)
     assert all(r["new_tokens"] <= 8 for r in other["per_prompt"])
+
+
+def test_eval_with_sampling_measures_point_mass_drafts_too(setup) -> None:
+    """At temperature > 0 each prompt also runs greedy drafts verified as point masses (upstream's rule)."""
+    pair, prompts, _ = setup
+    res = evaluate(pair.target, pair.drafter, prompts, max_new_tokens=16, temperature=0.8, limit=2)
+    assert "lossless" not in res
+    for name in ("domino", "backbone", "domino_point_mass"):
+        steps = sum(r[f"verify_steps_{name}"] for r in res["per_prompt"])
+        assert steps > 0
+        assert res[f"tau_{name}"] == pytest.approx(sum(r[f"accepted_{name}"] for r in res["per_prompt"]) / steps)
+    assert res["tau_ratio_sampled_vs_point_mass"] == pytest.approx(res["tau_domino"] / res["tau_domino_point_mass"])

@@ -68,11 +68,14 @@ def _bigrams(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(VOCAB, VOCAB, generator=g) * 1.5, torch.randn(VOCAB, VOCAB, generator=g) * 1.5
 
 
-def _one_step(bonus, target_table, draft_table, params, g):
-    """Draft a chain from q, verify against p; returns (emitted tokens [N, P+1] padded with -1, count [N])."""
+def _one_step(bonus, target_table, draft_table, params, g, point_mass: bool = False):
+    """Draft a chain from q (point_mass: q's argmax, verified as a one-hot q), verify against p; returns
+    (emitted tokens [N, P+1] padded with -1, count [N])."""
     prev, drafts, probs = bonus, [], []
     for _ in range(DRAFTS):
         q = filtered_probs(draft_table[prev], params)
+        if point_mass:
+            q = torch.nn.functional.one_hot(q.argmax(-1), VOCAB).float()
         prev = sample_from(q, g)
         drafts.append(prev)
         probs.append(q)
@@ -85,13 +88,13 @@ def _one_step(bonus, target_table, draft_table, params, g):
     return emitted, result.accept_len + 1
 
 
-def _first_two_tokens(params_kw: dict, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def _first_two_tokens(params_kw: dict, seed: int = 0, point_mass: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     target_table, draft_table = _bigrams(seed)
     params = SamplingParams.uniform(TRIALS, **params_kw)
     g = torch.Generator().manual_seed(seed + 1)
     bonus = torch.zeros(TRIALS, dtype=torch.long)
-    first, count = _one_step(bonus, target_table, draft_table, params, g)
-    second_step, _ = _one_step(first[:, 0], target_table, draft_table, params, g)
+    first, count = _one_step(bonus, target_table, draft_table, params, g, point_mass)
+    second_step, _ = _one_step(first[:, 0], target_table, draft_table, params, g, point_mass)
     second = torch.where(count > 1, first[:, 1], second_step[:, 0])
     observed = torch.bincount(first[:, 0] * VOCAB + second, minlength=VOCAB * VOCAB).double()
     p0 = filtered_probs(target_table[:1], SamplingParams.uniform(1, **params_kw))[0]
@@ -115,6 +118,27 @@ def test_speculative_sampling_preserves_the_target_distribution(name: str) -> No
     first_exp = expected.view(VOCAB, VOCAB).sum(1)
     assert _goodness_of_fit(first_obs, first_exp) > 1e-3
     assert _goodness_of_fit(observed, expected) > 1e-3
+
+
+@pytest.mark.parametrize("name", ["t1", "t1_topk4_topp0.8"])
+def test_point_mass_drafts_preserve_the_target_distribution(name: str) -> None:
+    """Greedy drafts verified as point masses (upstream's treatment, our eval baseline) are lossless too."""
+    observed, expected = _first_two_tokens(PARAM_SETS[name], point_mass=True)
+    assert _goodness_of_fit(observed, expected) > 1e-3
+
+
+def test_sampled_drafts_from_a_calibrated_drafter_beat_point_masses() -> None:
+    """Why drafts are sampled: with q = p every sampled draft is accepted, a greedy point mass only with
+    probability p(argmax) -- the gain `sglang-domino eval --temperature T` measures on a real pair."""
+    target_table, _ = _bigrams(0)
+    params = SamplingParams.uniform(TRIALS, temperature=1.0)
+    bonus = torch.zeros(TRIALS, dtype=torch.long)
+    _, sampled_count = _one_step(bonus, target_table, target_table, params, torch.Generator().manual_seed(1))
+    _, greedy_count = _one_step(bonus, target_table, target_table, params, torch.Generator().manual_seed(1), True)
+    assert bool((sampled_count == DRAFTS + 1).all())
+    p_first = filtered_probs(target_table[:1], SamplingParams.uniform(1))[0]
+    first_accepted = (greedy_count > 1).double().mean()
+    assert float(p_first.max()) < 0.9 and float(first_accepted) == pytest.approx(float(p_first.max()), abs=0.01)
 
 
 def test_the_statistical_test_detects_a_lossy_verifier() -> None:
