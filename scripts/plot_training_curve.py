@@ -15,8 +15,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def main(metrics_path: str, out_path: str) -> None:
-    rows = [json.loads(line) for line in open(metrics_path) if line.strip()]
-    rows = [r for r in rows if "step" in r and "loss" in r]
+    all_rows = [json.loads(line) for line in open(metrics_path) if line.strip()]
+    rows = [r for r in all_rows if "step" in r and "loss" in r]
+    val = [r for r in all_rows if "val_accept_len" in r]  # --val-data: held-out, teacher-forced
     steps = [r["step"] for r in rows]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
     ax1.plot(steps, [r["loss"] for r in rows], label="loss (1−λ)·final + λ·base")
@@ -26,6 +27,12 @@ def main(metrics_path: str, out_path: str) -> None:
                        ("accept_len", "accept_len"), ("base_accept_len", "base accept_len")):
         if key in rows[0]:
             ax2.plot(steps, [r[key] for r in rows], label=label)
+    if val:
+        vsteps = [r["step"] for r in val]
+        ax1.plot(vsteps, [r["val_final_loss"] for r in val], "o-", label="validation final loss")
+        ax1.legend()
+        ax2.plot(vsteps, [r["val_accept_len"] for r in val], "o-", label="validation accept_len")
+        ax2.plot(vsteps, [r["val_base_accept_len"] for r in val], "s--", label="validation base accept_len")
     ax2.set(xlabel="step", title="Teacher-forced metrics")
     ax2.legend()
     fig.tight_layout()

@@ -499,6 +499,34 @@ class DominoTrainer:
             )
         return loss, metrics
 
+    @torch.no_grad()
+    def validate(self, batches: Sequence[TrainBatch], seed: int = 0) -> dict:
+        """Teacher-forced metrics on held-out batches: ``val_``-prefixed means over ``batches``.
+
+        The anchors come from a generator seeded with ``seed`` (the same blocks every time, and the training
+        anchor RNG is untouched, so resume stays exact) and the softmaxes span the full vocabulary, as drafting
+        does (``--loss-vocab data`` only speeds up training)."""
+        saved = self.generator, self.loss_vocab, self.drafter.training
+        self.generator, self.loss_vocab = torch.Generator().manual_seed(int(seed)), None
+        self.drafter.eval()
+        totals: dict[str, float] = {}
+        blocks = 0.0
+        try:
+            for batch in batches:
+                out = self.compute_loss(batch, self.lambda_at(self.step))
+                if out is None:
+                    continue
+                metrics = out[1]
+                weight = metrics["num_blocks"]
+                blocks += weight
+                for key in ("loss", "final_loss", "base_loss", "accuracy", "base_accuracy", "accept_len",
+                            "base_accept_len"):
+                    totals[key] = totals.get(key, 0.0) + metrics[key] * weight
+        finally:
+            self.generator, self.loss_vocab = saved[0], saved[1]
+            self.drafter.train(saved[2])
+        return {f"val_{k}": v / max(blocks, 1.0) for k, v in totals.items()} | {"val_blocks": blocks}
+
     def train_step(self, batch: TrainBatch) -> Optional[dict]:
         """One optimiser step; returns its metrics, or None (and counts it) when the batch has no valid anchor."""
         lam = self.lambda_at(self.step)
@@ -770,6 +798,18 @@ def train(args: argparse.Namespace) -> dict:
     logger.info("data: %d sequences (%d dropped: no valid anchor), %d tokens, %d supervised",
                 len(examples), dropped, num_tokens, sum(int(e.loss_mask.sum()) for e in examples))
 
+    val_examples: list[Example] = []
+    if args.val_data:
+        val_examples = [e for e in load_examples(args.val_data, _tokenizer_loader(target_dir), args.max_len)
+                        if usable(e, config.block_size)]
+        train_keys = {FeatureCache.sequence_key(e.input_ids) for e in examples}
+        overlap = sum(FeatureCache.sequence_key(e.input_ids) in train_keys for e in val_examples)
+        if overlap:
+            raise TrainingError(f"--val-data shares {overlap} sequences with --data; hold them out of --data")
+        if not val_examples:
+            raise TrainingError("--val-data has no sequence with a valid anchor")
+        logger.info("validation: %d sequences, every %d steps", len(val_examples), args.val_every)
+
     loss_vocab = None
     if args.loss_vocab == "data":
         loss_vocab = LossVocab.from_token_ids(torch.cat([e.input_ids for e in examples]), int(text_cfg.vocab_size))
@@ -788,7 +828,8 @@ def train(args: argparse.Namespace) -> dict:
     if args.feature_cache:
         fp = FeatureCache.fingerprint(target_dir, config.target_layer_ids, args.feature_dtype, args.target_dtype)
         t0 = time.time()
-        cache = FeatureCache.open(args.feature_cache, examples, fp, _DTYPES[args.feature_dtype], lambda: extractor,
+        cache = FeatureCache.open(args.feature_cache, examples + val_examples, fp, _DTYPES[args.feature_dtype],
+                                  lambda: extractor,
                                   batch_tokens=args.feature_batch_tokens, progress=not args.no_progress)
         logger.info("feature cache %s ready (%.1f s)", args.feature_cache, time.time() - t0)
         if args.cache_only:
@@ -846,8 +887,18 @@ def train(args: argparse.Namespace) -> dict:
         feats = extractor(ids, att).float()
         return feats * att[:, :, None]
 
+    def val_batches() -> Iterator[TrainBatch]:
+        offset = len(examples)  # validation sequences follow the training ones in the feature cache
+        for lo in range(0, len(val_examples), args.batch_size):
+            idx = list(range(offset + lo, offset + min(lo + args.batch_size, len(val_examples))))
+            ids, lmask, lengths = pad_batch(val_examples[lo : lo + args.batch_size])
+            yield TrainBatch(ids, lmask, lengths, features_for(idx, ids, lengths))
+
     bar = _progress(total=total_steps, desc="train", unit="step", enabled=not args.no_progress, initial=trainer.step)
     last: dict = {}
+    if val_examples and trainer.step == 0:  # where the run starts (e.g. the --init-from drafter)
+        with metrics_path.open("a") as mfh:
+            mfh.write(json.dumps({"step": 0, **trainer.validate(list(val_batches()), seed=args.seed)}) + "\n")
     consecutive_skips = 0
     t_step = time.time()
     with metrics_path.open("a") as mfh:
@@ -864,7 +915,11 @@ def train(args: argparse.Namespace) -> dict:
             consecutive_skips = 0
             now = time.time()
             m.update(epoch=stream.epoch, step_time=round(now - t_step, 4))
-            t_step = now
+            if val_examples and (trainer.step % args.val_every == 0 or trainer.step == total_steps):
+                m.update(trainer.validate(list(val_batches()), seed=args.seed))
+                bar.write(f"step {trainer.step}: validation accept_len {m['val_accept_len']:.3f} "
+                          f"(backbone {m['val_base_accept_len']:.3f}), loss {m['val_final_loss']:.3f}")
+            t_step = time.time()
             last = m
             if trainer.step % args.log_every == 0 or trainer.step == total_steps:
                 mfh.write(json.dumps(m) + "\n")
@@ -917,6 +972,10 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     io.add_argument("--data", required=True, nargs="+", metavar="FILE",
                     help='JSONL (or .jsonl.gz) files of {"messages": [...]} conversations or pre-tokenised '
                          '{"input_ids", "loss_mask"} rows, e.g. data/distilled/*.jsonl.gz')
+    io.add_argument("--val-data", nargs="+", default=None, metavar="FILE",
+                    help="held-out conversations (same formats as --data, none of them in --data): teacher-forced "
+                         "val_accept_len / val_base_accept_len / val losses in metrics.jsonl every --val-every steps")
+    io.add_argument("--val-every", type=int, default=100, help="steps between validations (and at the end)")
     io.add_argument("--out", required=True, help="output dir: ckpt/, metrics.jsonl, drafter/ (published format)")
     io.add_argument("--max-len", type=int, default=1024, help="tokens per sequence (truncated)")
     io.add_argument("--limit", type=int, default=None, help="use the first N rows of --data only")

@@ -128,6 +128,32 @@ def test_resume_reproduces_the_uninterrupted_run(ws):
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+def test_validation_is_logged_and_leaves_training_unchanged(ws):
+    """--val-data: teacher-forced held-out metrics at step 0, every --val-every steps and at the end; the
+    training trajectory is bit-identical to a run without validation; overlapping data is refused."""
+    rng = random.Random(1)
+    val = ws / "val.jsonl"
+    with val.open("w") as fh:
+        for _ in range(6):
+            phase, n = rng.randrange(7), rng.randrange(24, 40)
+            fh.write(json.dumps({"input_ids": [rng.randrange(20, 60) for _ in range(4)]
+                                 + [CYCLE[(phase + j) % 7] for j in range(n)], "loss_mask": [0] * 4 + [1] * n}) + "\n")
+    common = ("--max-steps", "5", "--save-every", "0", "--lr", "5e-3")
+    train(_args(ws, "noval", *common))
+    train(_args(ws, "val", *common, "--val-data", str(val), "--val-every", "2"))
+    plain, with_val = _metrics(ws, "noval"), _metrics(ws, "val")
+    assert [r["step"] for r in with_val] == [0, 1, 2, 3, 4, 5]
+    assert [r["step"] for r in with_val if "val_accept_len" in r] == [0, 2, 4, 5]
+    for r in with_val:
+        if "val_accept_len" in r:
+            assert r["val_accept_len"] >= 1.0 and r["val_base_accept_len"] >= 1.0 and r["val_blocks"] > 0
+    for a, b in zip(plain, with_val[1:]):
+        a.pop("step_time"), b.pop("step_time")
+        assert a == {k: v for k, v in b.items() if not k.startswith("val_")}
+    with pytest.raises(TrainingError, match="shares"):
+        train(_args(ws, "overlap", *common, "--val-data", str(ws / "data.jsonl")))
+
+
 def test_resume_refuses_a_different_schedule(ws):
     train(_args(ws, "sched", "--max-steps", "4", "--save-every", "2", "--stop-at-step", "2"))
     with pytest.raises(TrainingError, match="steps"):
