@@ -86,7 +86,8 @@ class DraftAttention(nn.Module):
         ctx_v: torch.Tensor,
         mask: Optional[torch.Tensor],
     ) -> torch.Tensor:
-        """x [N, Q, H] block tokens; ctx_k/ctx_v [N, kv_heads, T, d]; mask [N, Q, T+Q] bool (True = visible) or None."""
+        """x [N, Q, H] block tokens; ctx_k/ctx_v [N, kv_heads, T, d]; mask [N, Q, T+Q] bool (True = visible), a
+        flex-attention ``BlockMask`` of the same predicate, or None (everything visible)."""
         n, q_len, _ = x.shape
         q = self.q_norm(self.q_proj(x).view(n, q_len, self.num_heads, self.head_dim)).transpose(1, 2)
         cos, sin = rope_cos_sin(positions, self.head_dim, self.rope_theta, q.dtype)
@@ -98,8 +99,13 @@ class DraftAttention(nn.Module):
         if groups > 1:
             k = k.repeat_interleave(groups, dim=1)
             v = v.repeat_interleave(groups, dim=1)
-        attn_mask = mask[:, None] if mask is not None else None
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=False)
+        if mask is not None and not isinstance(mask, torch.Tensor):  # a flex-attention BlockMask (training)
+            from torch.nn.attention.flex_attention import flex_attention
+
+            out = flex_attention(q, k, v, block_mask=mask)
+        else:
+            attn_mask = mask[:, None] if mask is not None else None
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=False)
         return self.o_proj(out.transpose(1, 2).reshape(n, q_len, self.num_heads * self.head_dim))
 
 
@@ -224,7 +230,8 @@ class DominoDrafter(nn.Module):
             block_embeds: [N, Q, H] target embeddings of the block tokens (one or more blocks).
             block_positions: [N, Q] their absolute positions.
             context_kv: per-layer (K, V) [N, kv_heads, T, d] from :meth:`context_kv` or a cache.
-            mask: [N, Q, T+Q] bool, True = visible; None = everything visible (one block, full context).
+            mask: [N, Q, T+Q] bool, True = visible, or the same predicate as a flex-attention ``BlockMask``
+                (training on CUDA); None = everything visible (one block, full context).
 
         Returns:
             draft_hidden [N, Q, H] after the final norm.

@@ -10,8 +10,9 @@ position ``a_b`` (a loss-masked token, so an assistant token) and stands for one
   ``x[a+k]`` and slot 0 (the anchor itself) is not a prediction.
 
 All blocks of a sequence run in one backbone forward: queries ``[W·B]`` against keys ``[T (context) + W·B]``
-with a dense bool mask (True = visible). Only the SDPA dense-mask path exists here (this project trains on
-CPU); a flex-attention block mask would encode the same predicate.
+with a bool visibility predicate (True = visible): :func:`build_block_mask` materialises it densely for SDPA (the
+CPU path), :func:`build_flex_block_mask` encodes the same predicate as a flex-attention ``BlockMask`` (sparse:
+the fully masked tiles -- other blocks, context after the anchor -- are skipped; the trainer's choice on CUDA).
 """
 
 from __future__ import annotations
@@ -96,6 +97,27 @@ def build_block_mask(anchors: torch.Tensor, keep: torch.Tensor, context_len: int
     return torch.cat((ctx, own), dim=2)
 
 
+def build_flex_block_mask(anchors: torch.Tensor, keep: torch.Tensor, context_len: int, block_size: int):
+    """:func:`build_block_mask`'s predicate as a flex-attention ``BlockMask`` over [N, W·B] x [context_len + W·B].
+
+    Raises RuntimeError when this torch has no flex attention."""
+    try:
+        from torch.nn.attention.flex_attention import create_block_mask
+    except ImportError as exc:  # torch < 2.5
+        raise RuntimeError("flex attention needs torch >= 2.5; use the SDPA dense mask") from exc
+    n, w = anchors.shape
+    q_len = w * block_size
+
+    def visible(b, h, q_idx, kv_idx):
+        block = q_idx // block_size
+        in_context = (kv_idx < context_len) & (kv_idx < anchors[b, block]) & keep[b, block]
+        own_block = (kv_idx >= context_len) & ((kv_idx - context_len) // block_size == block)
+        return in_context | own_block
+
+    return create_block_mask(visible, B=n, H=None, Q_LEN=q_len, KV_LEN=context_len + q_len,
+                             device=anchors.device)
+
+
 def gather_labels(
     input_ids: torch.Tensor,
     loss_mask: torch.Tensor,
@@ -137,6 +159,7 @@ __all__ = [
     "block_positions",
     "block_prefix_ids",
     "build_block_mask",
+    "build_flex_block_mask",
     "gather_labels",
     "sample_anchors",
     "valid_anchor_mask",

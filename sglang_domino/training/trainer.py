@@ -50,6 +50,7 @@ from sglang_domino.training.masks import (
     block_positions,
     block_prefix_ids,
     build_block_mask,
+    build_flex_block_mask,
     gather_labels,
     sample_anchors,
     valid_anchor_mask,
@@ -229,6 +230,10 @@ class TargetFeatureExtractor:
 
     @torch.no_grad()
     def __call__(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """[N, T] token ids (any device) -> [N, T, n·H] on the model's device."""
+        device = next(self.model.parameters()).device
+        input_ids = input_ids.to(device)
+        attention_mask = attention_mask.to(device) if attention_mask is not None else None
         layers = self.decoder.layers
         if self.keep is not None:
             self.decoder.layers = nn.ModuleList(list(layers)[: self.keep])
@@ -253,7 +258,7 @@ class TargetFeatureExtractor:
             for row, j in enumerate(chunk):
                 ids[row, : sequences[j].numel()] = sequences[j]
                 att[row, : sequences[j].numel()] = 1
-            feats = self(ids, att)
+            feats = self(ids, att).cpu()
             for row, j in enumerate(chunk):
                 out[j] = feats[row, : sequences[j].numel()]
             i += len(chunk)
@@ -399,12 +404,14 @@ def forward_blocks(
     input_ids: torch.Tensor,
     anchors: torch.Tensor,
     keep: torch.Tensor,
+    attention: str = "sdpa",
 ) -> torch.Tensor:
     """One backbone forward over every anchored block -> draft hidden [N, W, B, H].
 
     features [N, T, n·H] target features; anchors/keep [N, W] from
     :func:`~sglang_domino.training.masks.sample_anchors`. Context keys at or after the last anchor are never
-    visible, so the context is cut there before the projections.
+    visible, so the context is cut there before the projections. attention: ``sdpa`` (dense bool mask) or
+    ``flex`` (the same predicate as a sparse flex-attention BlockMask).
     """
     cfg, b = drafter.config, drafter.config.block_size
     n, w = anchors.shape
@@ -415,7 +422,10 @@ def forward_blocks(
     kv = drafter.context_kv(ctx, ctx_pos)
     ids = block_input_ids(input_ids, anchors, b, cfg.mask_token_id)
     embeds = F.embedding(ids, embed_weight).to(drafter.fc.weight.dtype)
-    mask = build_block_mask(anchors, keep, context_len, b)
+    if attention == "flex":
+        mask = build_flex_block_mask(anchors, keep, context_len, b)
+    else:
+        mask = build_block_mask(anchors, keep, context_len, b)
     hidden = drafter(embeds, block_positions(anchors, b), kv, mask)
     return hidden.view(n, w, b, -1)
 
@@ -444,8 +454,10 @@ class DominoTrainer:
         freeze_backbone: bool = False,
         seed: int = 0,
         loss_vocab: Optional[LossVocab] = None,
+        attention: str = "sdpa",
     ) -> None:
         self.drafter, self.frozen = drafter, frozen
+        self.attention = attention
         self.loss_vocab = loss_vocab
         self.config = drafter.config
         self.total_steps = int(total_steps)
@@ -491,7 +503,7 @@ class DominoTrainer:
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.bf16):
             with torch.no_grad() if self.freeze_backbone else torch.enable_grad():
                 hidden = forward_blocks(self.drafter, self.frozen.embed_weight, batch.features, batch.input_ids,
-                                        anchors, keep)
+                                        anchors, keep, self.attention)
             prefix = block_prefix_ids(batch.input_ids, anchors, b)
             loss, metrics = domino_loss(
                 self.drafter, hidden, labels, valid, prefix, self.frozen.embed_weight,
@@ -573,6 +585,20 @@ class DominoTrainer:
         self.skipped_batches = int(state["skipped_batches"])
         self.generator.set_state(state["anchor_rng"])
         torch.set_rng_state(state["torch_rng"])
+
+
+def resolve_attention(choice: str, device: torch.device) -> str:
+    """``auto`` -> flex attention on CUDA (sparse block mask), the SDPA dense mask elsewhere. Both give the same
+    hidden states (tested on CPU, forward only: torch's flex attention has no backward pass on CPU)."""
+    if choice == "flex" and device.type == "cpu":
+        raise TrainingError("--attention flex: torch's flex attention has no backward pass on CPU; use sdpa")
+    if choice != "auto":
+        return choice
+    try:
+        import torch.nn.attention.flex_attention  # noqa: F401
+    except ImportError:
+        return "sdpa"
+    return "flex" if device.type == "cuda" else "sdpa"
 
 
 def lr_lambda_fn(kind: str, total_steps: int, warmup_steps: int, min_lr_ratio: float) -> Callable[[int], float]:
@@ -753,6 +779,9 @@ def train(args: argparse.Namespace) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.cache_only and not args.feature_cache:
         raise TrainingError("--cache-only needs --feature-cache DIR")
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TrainingError(f"--device {args.device}: CUDA is not available on this machine")
     if args.threads:
         torch.set_num_threads(int(args.threads))
     out = Path(args.out)
@@ -817,12 +846,13 @@ def train(args: argparse.Namespace) -> dict:
                     int(text_cfg.vocab_size))
 
     target_dtype = _DTYPES[args.target_dtype]
-    target = AutoModelForCausalLM.from_pretrained(str(target_dir), dtype=target_dtype).eval()
+    target = AutoModelForCausalLM.from_pretrained(str(target_dir), dtype=target_dtype).eval().to(device)
     for p in target.parameters():
         p.requires_grad_(False)
     frozen = FrozenTarget.from_model(target, bf16=args.bf16)
     if not args.init_from and args.norm_from_target:
         init_output_norm_from_target(drafter, target)
+    drafter.to(device)
     extractor = TargetFeatureExtractor(target, config.target_layer_ids)
     cache: Optional[FeatureCache] = None
     if args.feature_cache:
@@ -847,6 +877,7 @@ def train(args: argparse.Namespace) -> dict:
         grad_clip=args.grad_clip, blocks_per_seq=args.blocks_per_seq, gamma=args.loss_decay_gamma,
         lambda0=lambda0, lambda_decay_ratio=args.lambda_decay_ratio, bf16=args.bf16,
         freeze_backbone=args.freeze_backbone, seed=args.seed, loss_vocab=loss_vocab,
+        attention=resolve_attention(args.attention, device),
     )
     stream = BatchStream(len(examples), args.batch_size, args.seed)
     ckpt_dir = out / "ckpt"
@@ -884,15 +915,20 @@ def train(args: argparse.Namespace) -> dict:
                 feats[row, : f.shape[0]] = f.float()
             return feats
         att = (torch.arange(ids.shape[1])[None, :] < lengths[:, None]).long()
-        feats = extractor(ids, att).float()
+        feats = extractor(ids, att).float().cpu()
         return feats * att[:, :, None]
 
+    def batch_of(idx: list[int]) -> TrainBatch:
+        """Sequences ``idx`` of ``examples + val_examples`` (the feature cache's numbering) on the device."""
+        ids, lmask, lengths = pad_batch([examples[i] if i < len(examples) else val_examples[i - len(examples)]
+                                         for i in idx])
+        feats = features_for(idx, ids, lengths)
+        return TrainBatch(ids.to(device), lmask.to(device), lengths.to(device), feats.to(device))
+
     def val_batches() -> Iterator[TrainBatch]:
-        offset = len(examples)  # validation sequences follow the training ones in the feature cache
+        offset = len(examples)
         for lo in range(0, len(val_examples), args.batch_size):
-            idx = list(range(offset + lo, offset + min(lo + args.batch_size, len(val_examples))))
-            ids, lmask, lengths = pad_batch(val_examples[lo : lo + args.batch_size])
-            yield TrainBatch(ids, lmask, lengths, features_for(idx, ids, lengths))
+            yield batch_of(list(range(offset + lo, offset + min(lo + args.batch_size, len(val_examples)))))
 
     bar = _progress(total=total_steps, desc="train", unit="step", enabled=not args.no_progress, initial=trainer.step)
     last: dict = {}
@@ -903,10 +939,7 @@ def train(args: argparse.Namespace) -> dict:
     t_step = time.time()
     with metrics_path.open("a") as mfh:
         while trainer.step < total_steps:
-            idx = stream.next_indices()
-            ids, lmask, lengths = pad_batch([examples[i] for i in idx])
-            batch = TrainBatch(ids, lmask, lengths, features_for(idx, ids, lengths))
-            m = trainer.train_step(batch)
+            m = trainer.train_step(batch_of(stream.next_indices()))
             if m is None:
                 consecutive_skips += 1
                 if consecutive_skips > 10 * steps_per_epoch + 10:
@@ -1035,6 +1068,10 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     o.add_argument("--loss-vocab", choices=["full", "data"], default="full",
                    help="softmax over the full vocabulary, or over the tokens that occur in the training sequences "
                         "(several times cheaper on CPU; the exported drafter still drafts over the full vocabulary)")
+    o.add_argument("--device", default=None,
+                   help="cpu, cuda, cuda:1, ... (default: cuda when available, else cpu; CUDA is untested here)")
+    o.add_argument("--attention", choices=["auto", "sdpa", "flex"], default="auto",
+                   help="block-mask attention: flex (sparse BlockMask) or sdpa (dense mask); auto = flex on CUDA")
     o.add_argument("--seed", type=int, default=0)
     o.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
 

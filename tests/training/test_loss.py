@@ -106,6 +106,34 @@ def test_block_mask_unused_block_sees_only_itself():
     assert mask.any(dim=-1).all()  # no empty attention row (SDPA would give NaN)
 
 
+def test_flex_block_mask_gives_the_sdpa_hidden_states():
+    """The flex-attention BlockMask (the trainer's CUDA path) encodes build_block_mask's predicate: the same
+    backbone output as the dense SDPA mask. Forward only: torch's flex attention has no backward on CPU, so the
+    trainer refuses --attention flex there (checked below); gradients of the CUDA path are not tested here."""
+    import warnings
+
+    from sglang_domino.training.trainer import TrainingError, forward_blocks, resolve_attention
+
+    drafter = random_drafter(3)
+    cfg = drafter.config
+    gen = torch.Generator().manual_seed(0)
+    n, t = 2, 40
+    ids = torch.randint(0, cfg.vocab_size - 1, (n, t), generator=gen)
+    features = torch.randn(n, t, cfg.num_context_features * cfg.hidden_size, generator=gen)
+    embed = torch.randn(cfg.vocab_size, cfg.hidden_size, generator=gen)
+    anchors = torch.tensor([[5, 17, 0], [9, 20, 30]])
+    keep = torch.tensor([[True, True, False], [True, True, True]])
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # flex attention warns that it runs unfused without torch.compile
+        dense = forward_blocks(drafter, embed, features, ids, anchors, keep, "sdpa")
+        flex = forward_blocks(drafter, embed, features, ids, anchors, keep, "flex")
+    torch.testing.assert_close(flex, dense, rtol=1e-5, atol=1e-5)
+    cpu = torch.device("cpu")
+    assert resolve_attention("auto", cpu) == "sdpa" and resolve_attention("auto", torch.device("cuda")) == "flex"
+    with pytest.raises(TrainingError, match="no backward pass on CPU"):
+        resolve_attention("flex", cpu)
+
+
 def test_block_inputs_positions_labels():
     x = torch.tensor([[10, 11, 12, 13, 14, 15, 16, 17]])
     lm = torch.tensor([[0, 0, 1, 1, 1, 1, 1, 0]], dtype=torch.bool)

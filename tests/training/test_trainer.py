@@ -154,6 +154,12 @@ def test_validation_is_logged_and_leaves_training_unchanged(ws):
         train(_args(ws, "overlap", *common, "--val-data", str(ws / "data.jsonl")))
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_cuda_device_without_cuda_is_refused(ws):
+    with pytest.raises(TrainingError, match="CUDA is not available"):
+        train(_args(ws, "nocuda", "--max-steps", "1", "--device", "cuda"))
+
+
 def test_resume_refuses_a_different_schedule(ws):
     train(_args(ws, "sched", "--max-steps", "4", "--save-every", "2", "--stop-at-step", "2"))
     with pytest.raises(TrainingError, match="steps"):
