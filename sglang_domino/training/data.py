@@ -1012,9 +1012,10 @@ def self_distill(target_dir: Path, prompts_path: Path, out_path: Path, max_new_t
 
 
 def load_conversations(path: Path, *, drop_truncated: bool = False) -> list[dict[str, Any]]:
-    """Self-distilled conversations from ``path`` (JSONL); torn or malformed lines are skipped."""
+    """Self-distilled conversations from ``path`` (JSONL or JSONL.gz); torn or malformed lines are skipped."""
     out = []
-    with open(path, encoding="utf-8") as fh:
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as fh:
         for line in fh:
             try:
                 item = json.loads(line)
@@ -1026,11 +1027,37 @@ def load_conversations(path: Path, *, drop_truncated: bool = False) -> list[dict
     return out
 
 
+def pack_conversations(inputs: Sequence[Path], out_path: Path, *, exclude: Sequence[Path] = (),
+                       val_out: Optional[Path] = None, val_every: int = 0) -> dict[str, int]:
+    """Gzip finished distillation outputs into one shippable part (``data/distilled/``).
+
+    Conversations are deduplicated by prompt id against each other and against ``exclude`` (parts already
+    shipped); torn lines are dropped. With ``val_out``, every ``val_every``-th kept conversation (in input order)
+    goes there instead: a held-out validation set for ``sglang-domino train --val-data``."""
+    seen = {c.get("id") or prompt_id(c["messages"][:-1]) for p in exclude for c in load_conversations(p)}
+    train, val = [], []
+    for path in inputs:
+        for conv in load_conversations(path):
+            key = conv.get("id") or prompt_id(conv["messages"][:-1])
+            if key in seen:
+                continue
+            seen.add(key)
+            kept = len(train) + len(val)
+            (val if val_out is not None and val_every > 0 and kept % val_every == val_every - 1 else train).append(conv)
+    for path, rows in ((out_path, train), (val_out, val)):
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with gzip.open(path, "wt", encoding="utf-8") as fh:
+                fh.writelines(json.dumps(c, ensure_ascii=False) + "\n" for c in rows)
+    tokens = sum(int(c.get("completion_tokens", 0)) for c in train)
+    return {"conversations": len(train), "response_tokens": tokens, "validation": len(val)}
+
+
 # ------------------------------------------------------------------------------------------------ CLI
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m sglang_domino.training.data {build,heldout,distill}``."""
+    """``python -m sglang_domino.training.data {build,heldout,distill,pack}``."""
     ap = argparse.ArgumentParser(prog="python -m sglang_domino.training.data", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("build", help="write train.jsonl / heldout.jsonl / stats.json")
@@ -1052,10 +1079,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--server", default=None, metavar="URL",
                    help="decode with a running SGLang server of the same target (e.g. `sglang-domino serve "
                         "--no-speculation --dtype float32`); --batch-size requests in flight")
+    p = sub.add_parser("pack", help="gzip distillation outputs into a shippable part (dedup, optional validation split)")
+    p.add_argument("inputs", type=Path, nargs="+")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--exclude", type=Path, nargs="*", default=[], help="parts already shipped (their prompts are skipped)")
+    p.add_argument("--val-out", type=Path, default=None)
+    p.add_argument("--val-every", type=int, default=0, help="every N-th conversation goes to --val-out")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
 
-    if args.cmd == "build":
+    if args.cmd == "pack":
+        print(json.dumps(pack_conversations(args.inputs, args.out, exclude=args.exclude, val_out=args.val_out,
+                                            val_every=args.val_every)))
+    elif args.cmd == "build":
         train, held = build_prompt_corpus(args.out, args.seed)
         print((args.out / "stats.json").read_text())
     elif args.cmd == "heldout":

@@ -246,3 +246,29 @@ def test_greedy_stream_matches_one_at_a_time(tiny_target, tokenizer):
     assert sorted(streamed) == list(range(len(prompts)))
     assert [streamed[i] for i in range(len(prompts))] == alone
     assert len({len(x) for x in alone}) > 1  # rows really finished at different steps
+
+
+def test_pack_dedups_against_shipped_parts_and_splits_validation(tmp_path):
+    """`data pack`: torn lines dropped, prompts already shipped (or repeated) skipped, every N-th to validation."""
+    import gzip
+
+    from sglang_domino.training.data import load_conversations, pack_conversations
+
+    def conv(i: int) -> dict:
+        return {"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}],
+                "id": f"id{i}", "completion_tokens": 10 + i}
+
+    shipped = tmp_path / "part1.jsonl.gz"
+    with gzip.open(shipped, "wt") as fh:
+        fh.write(json.dumps(conv(0)) + "\n")
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_text("".join(json.dumps(conv(i)) + "\n" for i in range(0, 5)) + '{"messages": [tor')
+    b.write_text("".join(json.dumps(conv(i)) + "\n" for i in range(3, 9)))
+    out, val = tmp_path / "part2.jsonl.gz", tmp_path / "val.jsonl.gz"
+    summary = pack_conversations([a, b], out, exclude=[shipped], val_out=val, val_every=3)
+    train_ids = [c["id"] for c in load_conversations(out)]
+    val_ids = [c["id"] for c in load_conversations(val)]
+    assert val_ids == ["id3", "id6"]  # kept order id1..id8: every 3rd
+    assert train_ids == ["id1", "id2", "id4", "id5", "id7", "id8"]
+    assert summary == {"conversations": 6, "response_tokens": sum(10 + i for i in (1, 2, 4, 5, 7, 8)),
+                       "validation": 2}
