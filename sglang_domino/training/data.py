@@ -1011,20 +1011,29 @@ def self_distill(target_dir: Path, prompts_path: Path, out_path: Path, max_new_t
     return summary
 
 
-def load_conversations(path: Path, *, drop_truncated: bool = False) -> list[dict[str, Any]]:
-    """Self-distilled conversations from ``path`` (JSONL or JSONL.gz); torn or malformed lines are skipped."""
-    out = []
-    opener = gzip.open if str(path).endswith(".gz") else open
+def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line number, object)`` of a JSONL or JSONL.gz file, blank lines skipped.
+
+    A torn last line (a writer such as :func:`self_distill` killed mid-line, or still writing) is skipped with
+    a warning; a malformed line anywhere else raises ValueError naming the file and line."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt", encoding="utf-8") as fh:
-        for line in fh:
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError:
+        lines = [(n, line) for n, line in enumerate(fh, 1) if line.strip()]
+    for i, (lineno, line) in enumerate(lines):
+        try:
+            yield lineno, json.loads(line)
+        except json.JSONDecodeError as exc:
+            if i == len(lines) - 1 and not line.endswith("\n"):
+                log.warning("%s:%d: torn last line skipped", path, lineno)
                 continue
-            if drop_truncated and item.get("finish_reason") == "length":
-                continue
-            out.append(item)
-    return out
+            raise ValueError(f"{path}:{lineno}: not JSON ({exc})") from exc
+
+
+def load_conversations(path: Path, *, drop_truncated: bool = False) -> list[dict[str, Any]]:
+    """Self-distilled conversations from ``path`` (JSONL or JSONL.gz; see :func:`read_jsonl`)."""
+    return [item for _, item in read_jsonl(path)
+            if not (drop_truncated and item.get("finish_reason") == "length")]
 
 
 def pack_conversations(inputs: Sequence[Path], out_path: Path, *, exclude: Sequence[Path] = (),

@@ -13,7 +13,7 @@ Pipeline:
    sequence into memory-mapped fp16/bf16 shards keyed by the sequence's tokens (the target forward otherwise
    dominates every step); a cache reused with more data runs the target on the new sequences only.
 3. Step: sample ``--blocks-per-seq`` anchors per sequence, one backbone forward for all blocks (dense SDPA
-   mask, :mod:`~sglang_domino.training.masks`), the objective of :mod:`~sglang_domino.training.loss`,
+   mask on CPU, flex-attention block mask on CUDA, :mod:`~sglang_domino.training.masks`), the objective of :mod:`~sglang_domino.training.loss`,
    AdamW + warmup/cosine|linear LR + grad clip, optional bf16 autocast.
 4. Checkpoints every ``--save-every`` steps in ``OUT/ckpt/`` (model, optimizer, scheduler, RNG states,
    step, data position): ``--resume`` continues exactly (the next step's loss equals an uninterrupted run's).
@@ -26,7 +26,6 @@ The target is never updated; the drafter shares its (frozen) input embedding and
 from __future__ import annotations
 
 import argparse
-import gzip
 import hashlib
 import json
 import logging
@@ -44,6 +43,7 @@ from torch import nn
 
 from sglang_domino.config import DominoConfig, DominoConfigError, default_target_layer_ids
 from sglang_domino.modeling import DominoDrafter
+from sglang_domino.training.data import read_jsonl, tokenize_conversation
 from sglang_domino.training.loss import LossVocab, default_decay_gamma, domino_loss, lambda_schedule
 from sglang_domino.training.masks import (
     block_input_ids,
@@ -90,15 +90,6 @@ def _tokenizer_loader(target_dir: Path) -> Callable[[], object]:
     return get
 
 
-def _jsonl_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """Non-empty lines of a JSONL or JSONL.gz file, numbered from 1."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if line.strip():
-                yield lineno, line
-
-
 def load_examples(paths: str | Path | Sequence[str | Path], tokenizer: Callable[[], object], max_len: int,
                   limit: Optional[int] = None) -> list[Example]:
     """Read JSONL (or JSONL.gz) files of conversations (``messages``) or pre-tokenised rows
@@ -110,18 +101,13 @@ def load_examples(paths: str | Path | Sequence[str | Path], tokenizer: Callable[
     for path in map(Path, paths):
         if not path.is_file():
             raise TrainingError(f"--data {path}: no such file")
-        lines = list(_jsonl_lines(path))
-        for n, (lineno, line) in enumerate(lines):
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                if n == len(lines) - 1 and not line.endswith("\n"):
-                    logger.warning("%s:%d: torn last line skipped", path, lineno)
-                    continue
-                raise TrainingError(f"{path}:{lineno}: not JSON ({exc})") from exc
-            examples.append(_example_from_row(row, tokenizer, max_len, f"{path}:{lineno}"))
-            if limit is not None and len(examples) >= limit:
-                return examples
+        try:
+            for lineno, row in read_jsonl(path):
+                examples.append(_example_from_row(row, tokenizer, max_len, f"{path}:{lineno}"))
+                if limit is not None and len(examples) >= limit:
+                    return examples
+        except ValueError as exc:
+            raise TrainingError(str(exc)) from exc
     if not examples:
         raise TrainingError(f"--data {', '.join(map(str, paths))}: no examples")
     return examples
@@ -136,8 +122,6 @@ def _example_from_row(row: dict, tokenizer: Callable[[], object], max_len: int, 
             raise TrainingError(f"{where}: loss_mask and input_ids differ in length")
         return Example(ids, mask)
     if "messages" in row:
-        from sglang_domino.training.data import tokenize_conversation
-
         # A response cut at max_new_tokens has no end-of-turn token from the target: not supervised.
         ids, mask = tokenize_conversation(tokenizer(), row["messages"], max_len,
                                           final_turn_complete=row.get("finish_reason") != "length")
