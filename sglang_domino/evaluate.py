@@ -77,6 +77,17 @@ def run_variants(sampled: bool) -> list[tuple[str, bool, bool]]:
     return variants + [("domino_point_mass", True, True)] if sampled else variants
 
 
+def pooled_tau(rows: list[dict[str, Any]], sampled: bool) -> dict[str, float]:
+    """τ of each variant pooled over all verify steps of ``rows`` (as SGLang's avg_spec_accept_length pools
+    them), the head's ratio, and the new tokens."""
+    out: dict[str, float] = {"new_tokens": sum(r["new_tokens"] for r in rows)}
+    for name, _, _ in run_variants(sampled):
+        steps = sum(r[f"verify_steps_{name}"] for r in rows)
+        out[f"tau_{name}"] = sum(r[f"accepted_{name}"] for r in rows) / max(steps, 1)
+    out["tau_ratio"] = out["tau_domino"] / max(out["tau_backbone"], 1e-9)
+    return out
+
+
 def evaluate_prompt(target, drafter, tokenizer, item: dict[str, Any], index: int, *, max_new_tokens: int,
                     sampling: Optional[SamplingParams], eos: list[int], seed: int,
                     block_size: Optional[int] = None) -> dict[str, Any]:
@@ -86,6 +97,8 @@ def evaluate_prompt(target, drafter, tokenizer, item: dict[str, Any], index: int
     (upstream SGLang's treatment of Domino drafts), to measure what sampled drafts gain."""
     ids = encode_prompt(tokenizer, item)
     row: dict[str, Any] = {"index": index, "prompt_tokens": int(ids.shape[1])}
+    if "kind" in item:
+        row["kind"] = item["kind"]
     outputs = {}
     for name, use_head, point_mass in run_variants(sampling is not None):
         generator = torch.Generator().manual_seed(seed + index)
@@ -195,11 +208,12 @@ def evaluate(
         "dtype": str(dtype).removeprefix("torch."),
         "block_size": block_size or load_config_block_size(draft_path),
     }
-    for name, _, _ in run_variants(temperature > 0):
-        # τ pooled over all verify steps, as SGLang's avg_spec_accept_length pools them.
-        steps = sum(r[f"verify_steps_{name}"] for r in per_prompt)
-        result[f"tau_{name}"] = sum(r[f"accepted_{name}"] for r in per_prompt) / max(steps, 1)
-    result["tau_ratio"] = result["tau_domino"] / max(result["tau_backbone"], 1e-9)
+    result.update(pooled_tau(per_prompt, temperature > 0))
+    kinds = sorted({r["kind"] for r in per_prompt if "kind" in r})
+    if kinds:  # prompts that carry a "kind" (the shipped held-out prompts do): τ per kind
+        result["by_kind"] = {k: {"num_prompts": sum(r.get("kind") == k for r in per_prompt),
+                                 **pooled_tau([r for r in per_prompt if r.get("kind") == k], temperature > 0)}
+                             for k in kinds}
     if temperature > 0:  # sampled drafts with their probabilities vs greedy drafts as point masses
         result["tau_ratio_sampled_vs_point_mass"] = result["tau_domino"] / max(result["tau_domino_point_mass"], 1e-9)
     if temperature <= 0:

@@ -67,3 +67,23 @@ def test_eval_with_sampling_measures_point_mass_drafts_too(setup) -> None:
         assert steps > 0
         assert res[f"tau_{name}"] == pytest.approx(sum(r[f"accepted_{name}"] for r in res["per_prompt"]) / steps)
     assert res["tau_ratio_sampled_vs_point_mass"] == pytest.approx(res["tau_domino"] / res["tau_domino_point_mass"])
+
+
+def test_tau_is_pooled_over_verify_steps_and_per_kind(setup) -> None:
+    """Prompts carrying a "kind" get τ per kind; every τ pools accepted tokens over verify steps."""
+    from sglang_domino.evaluate import pooled_tau
+
+    rows = [{"new_tokens": 10, "verify_steps_domino": 5, "accepted_domino": 10, "verify_steps_backbone": 8,
+             "accepted_backbone": 10},
+            {"new_tokens": 6, "verify_steps_domino": 1, "accepted_domino": 6, "verify_steps_backbone": 2,
+             "accepted_backbone": 6}]
+    pooled = pooled_tau(rows, sampled=False)
+    assert pooled == pytest.approx({"new_tokens": 16, "tau_domino": 16 / 6, "tau_backbone": 16 / 10, "tau_ratio": 10 / 6})
+
+    pair, _, root = setup
+    kinds = root / "kinds.jsonl"
+    kinds.write_text("".join(json.dumps(dict(p, kind=k)) + "\n" for p, k in zip(PROMPTS, ["a", "b", "a", "b"])))
+    res = evaluate(pair.target, pair.drafter, kinds, max_new_tokens=8)
+    assert sorted(res["by_kind"]) == ["a", "b"] and res["by_kind"]["a"]["num_prompts"] == 2
+    for kind, summary in res["by_kind"].items():
+        assert summary == {"num_prompts": 2, **pooled_tau([r for r in res["per_prompt"] if r["kind"] == kind], False)}
