@@ -180,7 +180,10 @@ def domino_loss(
 
     Only the supervised slots go through the vocabulary projections (the dominant cost). Metrics:
     ``accept_len``/``base_accept_len`` are mean (consecutive correct + 1) over blocks with a supervised slot,
-    i.e. tokens per verify step including the bonus, like SpecForge and the τ the evaluations report.
+    i.e. tokens per verify step including the bonus, like SpecForge. That mean over uniformly placed anchors
+    overstates the τ of decoding, which starts a block wherever the last one stopped and so spends its steps in
+    the hard stretches (a stretch of length L accepted a tokens at a time costs L/a steps): decoding's τ is
+    about the *harmonic* mean, 1 / ``inv_accept_len`` (``base_inv_accept_len`` without the head).
     """
     n, w, b, h = draft_hidden.shape
     cfg = drafter.config
@@ -236,11 +239,16 @@ def domino_loss(
         has_slot = blocks_valid.any(dim=1)
         num_blocks = max(int(has_slot.sum()), 1)
 
-        def mean_accept(hits: torch.Tensor) -> float:
+        def tokens_per_step(hits: torch.Tensor) -> torch.Tensor:
             correct = torch.ones(n * w * b, dtype=torch.bool, device=device)
             correct[rows] = hits
-            acc = accept_length(correct.view(n * w, b), blocks_valid)
-            return float(((acc + 1.0) * has_slot).sum()) / num_blocks
+            return accept_length(correct.view(n * w, b), blocks_valid) + 1.0
+
+        def mean_accept(hits: torch.Tensor) -> float:
+            return float((tokens_per_step(hits) * has_slot).sum()) / num_blocks
+
+        def mean_inverse_accept(hits: torch.Tensor) -> float:
+            return float((tokens_per_step(hits).reciprocal() * has_slot).sum()) / num_blocks
 
         metrics = {
             "loss": float(loss.detach()),
@@ -250,6 +258,8 @@ def domino_loss(
             "base_accuracy": float(base_hit.sum()) / max(count, 1.0),
             "accept_len": mean_accept(hit),
             "base_accept_len": mean_accept(base_hit),
+            "inv_accept_len": mean_inverse_accept(hit),
+            "base_inv_accept_len": mean_inverse_accept(base_hit),
             "lambda": float(lam),
             "num_slots": count,
             "num_blocks": float(has_slot.sum()),

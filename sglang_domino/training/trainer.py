@@ -516,12 +516,16 @@ class DominoTrainer:
                 weight = metrics["num_blocks"]
                 blocks += weight
                 for key in ("loss", "final_loss", "base_loss", "accuracy", "base_accuracy", "accept_len",
-                            "base_accept_len"):
+                            "base_accept_len", "inv_accept_len", "base_inv_accept_len"):
                     totals[key] = totals.get(key, 0.0) + metrics[key] * weight
         finally:
             self.generator, self.loss_vocab = saved[0], saved[1]
             self.drafter.train(saved[2])
-        return {f"val_{k}": v / max(blocks, 1.0) for k, v in totals.items()} | {"val_blocks": blocks}
+        out = {f"val_{k}": v / max(blocks, 1.0) for k, v in totals.items()} | {"val_blocks": blocks}
+        if blocks:  # the τ decoding would see: harmonic mean of tokens per step (see domino_loss)
+            out["val_decode_tau"] = 1.0 / out["val_inv_accept_len"]
+            out["val_base_decode_tau"] = 1.0 / out["val_base_inv_accept_len"]
+        return out
 
     def train_step(self, batch: TrainBatch) -> Optional[dict]:
         """One optimiser step; returns its metrics, or None (and counts it) when the batch has no valid anchor."""
@@ -763,6 +767,8 @@ def train(args: argparse.Namespace) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.cache_only and not args.feature_cache:
         raise TrainingError("--cache-only needs --feature-cache DIR")
+    if args.validate_only and not (args.val_data and args.init_from):
+        raise TrainingError("--validate-only needs --val-data FILE and --init-from DRAFTER (the drafter to measure)")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise TrainingError(f"--device {args.device}: CUDA is not available on this machine")
@@ -914,6 +920,12 @@ def train(args: argparse.Namespace) -> dict:
         for lo in range(0, len(val_examples), args.batch_size):
             yield batch_of(list(range(offset + lo, offset + min(lo + args.batch_size, len(val_examples)))))
 
+    if args.validate_only:
+        result = {"drafter": str(args.init_from), **trainer.validate(list(val_batches()), seed=args.seed)}
+        (out / "validation.json").write_text(json.dumps(result, indent=2) + "\n")
+        logger.info("validation of %s: %s", args.init_from, json.dumps(result))
+        return result
+
     bar = _progress(total=total_steps, desc="train", unit="step", enabled=not args.no_progress, initial=trainer.step)
     last: dict = {}
     if val_examples and trainer.step == 0:  # where the run starts (e.g. the --init-from drafter)
@@ -993,6 +1005,8 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
                     help="held-out conversations (same formats as --data, none of them in --data): teacher-forced "
                          "val_accept_len / val_base_accept_len / val losses in metrics.jsonl every --val-every steps")
     io.add_argument("--val-every", type=int, default=100, help="steps between validations (and at the end)")
+    io.add_argument("--validate-only", action="store_true",
+                    help="measure the --init-from drafter on --val-data (OUT/validation.json) and exit; no training")
     io.add_argument("--out", required=True, help="output dir: ckpt/, metrics.jsonl, drafter/ (published format)")
     io.add_argument("--max-len", type=int, default=1024, help="tokens per sequence (truncated)")
     io.add_argument("--limit", type=int, default=None, help="use the first N rows of --data only")

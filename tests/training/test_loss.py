@@ -190,6 +190,24 @@ def test_accept_length():
     assert accept_length(correct, valid).tolist() == [2.0, 3.0, 3.0, 1.0]
 
 
+def test_decoding_tau_is_the_harmonic_mean_of_per_position_accept_lengths():
+    """Why validation reports 1 / mean(1 / accept): decoding starts each block where the previous one stopped.
+
+    Per-position accept lengths of an easy stretch (the drafter gets every token) followed by a hard one
+    (it gets none): walking them as decoding does gives the harmonic mean over positions, while uniformly
+    placed anchors (the arithmetic mean) overstate τ several-fold."""
+    b, easy, hard = 16, 160, 160
+    accept = [min(b, easy - i) for i in range(easy)] + [1] * hard  # tokens per verify step, bonus included
+    pos, steps = 0, 0
+    while pos < len(accept):
+        pos, steps = pos + accept[pos], steps + 1
+    tau = len(accept) / steps
+    arithmetic = sum(accept) / len(accept)
+    harmonic = len(accept) / sum(1.0 / a for a in accept)
+    assert tau == pytest.approx(320 / 170)
+    assert abs(harmonic - tau) < 0.15 * tau and arithmetic > 4 * tau
+
+
 def _head_matters(drafter, draft_hidden, tokens, embed, lm_head) -> bool:
     final, base = teacher_forced_logits(drafter, draft_hidden, tokens, embed, lm_head)
     return bool((final.argmax(-1) != base.argmax(-1)).any())
@@ -253,6 +271,7 @@ def test_domino_loss_matches_dense_reference(shift_label, use_head):
     per_block = accept_length((final.argmax(-1) == labels.reshape(n * w, b)), valid.reshape(n * w, b))
     has = valid.reshape(n * w, b).any(-1)
     assert metrics["accept_len"] == pytest.approx(float((per_block + 1)[has].mean()))
+    assert metrics["inv_accept_len"] == pytest.approx(float((per_block + 1)[has].reciprocal().mean()))
     loss.backward()  # gradients reach the backbone output and the head
     assert hidden.grad is not None and hidden.grad.abs().sum() > 0
     if use_head:

@@ -147,11 +147,25 @@ def test_validation_is_logged_and_leaves_training_unchanged(ws):
     for r in with_val:
         if "val_accept_len" in r:
             assert r["val_accept_len"] >= 1.0 and r["val_base_accept_len"] >= 1.0 and r["val_blocks"] > 0
+            # decoding's τ estimate: the harmonic mean, never above the arithmetic one
+            assert r["val_decode_tau"] == pytest.approx(1.0 / r["val_inv_accept_len"])
+            assert 1.0 <= r["val_decode_tau"] <= r["val_accept_len"] + 1e-9
+            assert 1.0 <= r["val_base_decode_tau"] <= r["val_base_accept_len"] + 1e-9
     for a, b in zip(plain, with_val[1:]):
         a.pop("step_time"), b.pop("step_time")
         assert a == {k: v for k, v in b.items() if not k.startswith("val_")}
     with pytest.raises(TrainingError, match="shares"):
         train(_args(ws, "overlap", *common, "--val-data", str(ws / "data.jsonl")))
+
+    # --validate-only measures an exported drafter on the same blocks and trains nothing.
+    with pytest.raises(TrainingError, match="--validate-only needs"):
+        train(_args(ws, "vonly", "--validate-only", "--val-data", str(val)))
+    result = train(_args(ws, "vonly", "--validate-only", "--val-data", str(val),
+                         "--init-from", str(ws / "val" / "drafter")))
+    assert json.loads((ws / "vonly" / "validation.json").read_text()) == result
+    assert result["val_blocks"] == with_val[-1]["val_blocks"]
+    assert 1.0 <= result["val_decode_tau"] <= result["val_accept_len"]
+    assert not (ws / "vonly" / "drafter").exists() and not (ws / "vonly" / "metrics.jsonl").exists()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
