@@ -33,6 +33,8 @@ def main(metrics_path: str, out_path: str) -> None:
         ax1.legend()
         ax2.plot(vsteps, [r["val_accept_len"] for r in val], "o-", label="validation accept_len")
         ax2.plot(vsteps, [r["val_base_accept_len"] for r in val], "s--", label="validation base accept_len")
+        if all("val_decode_tau" in r for r in val):  # runs before 2026-12-03 did not log it
+            ax2.plot(vsteps, [r["val_decode_tau"] for r in val], "^-", label="validation decoding τ (harmonic)")
     ax2.set(xlabel="step", title="Teacher-forced metrics")
     ax2.legend()
     fig.tight_layout()
