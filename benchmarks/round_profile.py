@@ -9,7 +9,8 @@ prompts one at a time; milliseconds per verify step = median time per output tok
 "scheduler and framework" row is that server step time minus the offline model phases -- an estimate: SGLang's
 target forward is its own (paged attention, torch_native backend), not HF's.
 
-    python benchmarks/round_profile.py --num-prompts 4 --max-new-tokens 96 --json benchmarks/results/round_profile.json
+    python benchmarks/round_profile.py --num-prompts 4 --max-new-tokens 96 --block-size 4 --server-args "--dtype float32" \
+        --json benchmarks/results/round_profile.json
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ PHASES = ("draft_backbone", "draft_logits", "target_verify", "accept", "context_
 
 
 def offline_profile(target_dir: Path, draft_dir: Path, prompts: Path, num: int, max_new_tokens: int,
-                    threads: int) -> dict[str, Any]:
+                    threads: int, block_size: int | None = None) -> dict[str, Any]:
     """Per-phase seconds per round for Domino and backbone-only, and plain decode seconds per token."""
     from sglang_domino import load_drafter
     from sglang_domino.evaluate import encode_prompt, eos_token_ids, load_target, read_prompts
@@ -51,7 +52,7 @@ def offline_profile(target_dir: Path, draft_dir: Path, prompts: Path, num: int, 
         for item in tqdm(items, desc=f"offline {name}", unit="prompt"):
             ids = encode_prompt(tokenizer, item)
             res = speculative_generate(target, drafter, ids, max_new_tokens, eos_token_ids=eos, use_head=use_head,
-                                       phase_times=times)
+                                       block_size=block_size, phase_times=times)
             rounds += res.verify_steps
             tokens += sum(res.accept_lengths)
         out[name] = {"rounds": rounds, "tokens": tokens, "tau": tokens / max(rounds, 1),
@@ -115,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-server", action="store_true", help="offline phases only")
     p.add_argument("--port", type=int, default=30200)
     p.add_argument("--server-args", default="", help="extra flags for the server, one string")
+    p.add_argument("--block-size", type=int, default=None,
+                   help="verify width (bonus + drafts per round) offline and in the server "
+                        "(--speculative-num-draft-tokens); default: the drafter's block_size")
     p.add_argument("--json", required=True)
     args = p.parse_args(argv)
 
@@ -130,12 +134,15 @@ def main(argv: list[str] | None = None) -> int:
     out_json.parent.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"target": str(target), "draft": str(draft), "num_prompts": args.num_prompts,
                               "max_new_tokens": args.max_new_tokens, "threads": args.threads,
+                              "block_size": args.block_size,
                               "offline": offline_profile(target, draft, prompts, args.num_prompts,
-                                                         args.max_new_tokens, args.threads)}
+                                                         args.max_new_tokens, args.threads, args.block_size)}
     if not args.no_server:
         result["server"] = server_profile(target, draft, prompts, args.num_prompts, args.max_new_tokens, args.port,
                                           out_json.parent / "logs",
-                                          args.server_args.split() if args.server_args else [])
+                                          (args.server_args.split() if args.server_args else [])
+                                          + (["--speculative-num-draft-tokens", str(args.block_size)]
+                                             if args.block_size else []))
     out_json.write_text(json.dumps(result, indent=2))
     table = markdown(result)
     out_json.with_suffix(".md").write_text(table + "\n")
