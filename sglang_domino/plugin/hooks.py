@@ -30,6 +30,10 @@ batches that would otherwise crash, and calls the original otherwise. Every targ
    HF hub helpers for *every* algorithm, before the registered ``validate_server_args`` runs, so a missing or
    config-less drafter would fail there with a hub error ("Repo id must be in the form ..."). For
    ``--speculative-algorithm domino`` only, the drafter checkpoint is checked first, with our one-line message.
+7. ``TorchNativeAttnBackend._run_sdpa_forward_extend``: upstream pads each request's queries to its full length
+   (square attention over the whole context); in a Domino process, extends that follow a cached prefix (the
+   verify and the draft block of every speculative step) compute only the new tokens' rows
+   (:func:`sdpa_new_tokens_only`, the same attention). Prefills without a prefix keep upstream's kernel.
 """
 
 from __future__ import annotations
@@ -160,6 +164,62 @@ def _torch_native_forward_extend(original, self, q, k, v, layer, forward_batch, 
     return original(self, q, k, v, layer, forward_batch, *args, **kwargs)
 
 
+def sdpa_new_tokens_only(query, output, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens,
+                         extend_prefix_lens, extend_seq_lens, *, scaling=None, enable_gqa: bool = False,
+                         causal: bool = True):
+    """torch_native extend attention computing the new tokens' rows only.
+
+    query/output [num_new_tokens, heads, head_dim] (requests back to back); k_cache/v_cache
+    [pool_tokens, kv_heads, head_dim]; req_to_token [max_reqs, max_context]; the others [num_seqs].
+    Request i attends from its ``extend_seq_lens[i]`` new tokens to its ``seq_lens[i]`` cached keys; causal:
+    new token t (absolute position prefix + t) sees keys 0 .. prefix + t.
+
+    Why: upstream's ``_run_sdpa_forward_extend`` pads every request's queries to its whole length and runs
+    square attention, O(length²) per request and layer. A speculative step adds 4-16 tokens to a context of
+    hundreds (the target's verify, the drafter's block), so on CPU that padding was a quarter of a Domino
+    server's time at 16 requests (py-spy, 2026-12-03). Same attention, n × length work instead.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    q_heads_first = query.movedim(0, 1)  # [heads, tokens, dim]
+    start = 0
+    for i in range(int(seq_lens.shape[0])):
+        n, total = int(extend_seq_lens[i]), int(seq_lens[i])
+        prefix = int(extend_prefix_lens[i])
+        q = q_heads_first[:, start : start + n]
+        slots = req_to_token[req_pool_indices[i], :total]
+        k = k_cache[slots].movedim(0, 1)
+        v = v_cache[slots].movedim(0, 1)
+        if k.dtype != q.dtype:
+            k, v = k.to(q.dtype), v.to(q.dtype)
+        mask = None
+        if causal and n > 1:
+            new_pos = prefix + torch.arange(n, device=q.device)
+            mask = torch.arange(total, device=q.device)[None, :] <= new_pos[:, None]  # [n, total]
+        out = F.scaled_dot_product_attention(q[None], k[None], v[None], attn_mask=mask, scale=scaling,
+                                             enable_gqa=enable_gqa)[0]
+        output[start : start + n] = out.movedim(0, 1)
+        start += n
+    return output
+
+
+def _torch_native_sdpa_extend(original, self, query, output, k_cache, v_cache, req_to_token, req_pool_indices,
+                              seq_lens, extend_prefix_lens, extend_seq_lens, encoder_lens=None, scaling=None,
+                              enable_gqa=False, causal=False, is_cross_attn=False, sliding_window_size=None,
+                              **kwargs: Any):
+    plain = (encoder_lens is None and not is_cross_attn and not kwargs
+             and (sliding_window_size is None or sliding_window_size < 0))
+    # Prefill without a cached prefix stays upstream's (already square, and bit-identical to a plain server).
+    if plain and domino_is_active() and bool((extend_prefix_lens > 0).any()):
+        return sdpa_new_tokens_only(query, output, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens,
+                                    extend_prefix_lens, extend_seq_lens, scaling=scaling, enable_gqa=enable_gqa,
+                                    causal=causal)
+    return original(self, query, output, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens,
+                    extend_prefix_lens, extend_seq_lens, encoder_lens, scaling=scaling, enable_gqa=enable_gqa,
+                    causal=causal, is_cross_attn=is_cross_attn, sliding_window_size=sliding_window_size, **kwargs)
+
+
 # 5 -------------------------------------------------------------------------------------------------------------
 def _extend_forward_kwargs(original, self, forward_batch, *args: Any, **kwargs: Any):
     result = original(self, forward_batch, *args, **kwargs)
@@ -187,6 +247,8 @@ HOOKS = (
      _resolve_draft_attention_backend),
     ("sglang.srt.layers.attention.torch_native_backend.TorchNativeAttnBackend.forward_extend",
      _torch_native_forward_extend),
+    ("sglang.srt.layers.attention.torch_native_backend.TorchNativeAttnBackend._run_sdpa_forward_extend",
+     _torch_native_sdpa_extend),
     ("sglang.srt.model_executor.model_runner.ModelRunner._extend_forward_kwargs", _extend_forward_kwargs),
     ("sglang.srt.arg_groups.speculative_hook._resolve_speculative_algorithm_alias",
      _resolve_speculative_algorithm_alias),

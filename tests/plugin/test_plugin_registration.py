@@ -92,6 +92,37 @@ def test_plain_server_unaffected_by_plugin_load() -> None:
     assert view.other == "x"
 
 
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("kv_heads", [4, 2])
+def test_new_token_rows_only_attention_equals_upstream_extend(causal: bool, kv_heads: int) -> None:
+    """Hook 7: the speculative extend (new tokens after a cached prefix, requests back to back, paged keys)
+    gives upstream torch_native's output, which pads every request's queries to its whole length."""
+    from sglang.srt.layers.attention.torch_native_backend import TorchNativeAttnBackend
+
+    from sglang_domino.plugin.hooks import sdpa_new_tokens_only
+
+    g = torch.Generator().manual_seed(0)
+    heads, dim, pool = 4, 8, 200
+    prefix, new = torch.tensor([37, 5, 60]), torch.tensor([4, 4, 1])
+    total = prefix + new
+    k_cache = torch.randn(pool, kv_heads, dim, generator=g)
+    v_cache = torch.randn(pool, kv_heads, dim, generator=g)
+    req_to_token = torch.zeros(5, 128, dtype=torch.int64)
+    perm = torch.randperm(pool, generator=g)  # paged: each request's tokens scattered over the pool
+    used = 0
+    for row, n in zip((3, 0, 4), total.tolist()):
+        req_to_token[row, :n] = perm[used : used + n]
+        used += n
+    req_pool_indices = torch.tensor([3, 0, 4])
+    query = torch.randn(int(new.sum()), heads, dim, generator=g)
+    args = (k_cache, v_cache, req_to_token, req_pool_indices, total, prefix, new)
+    expected = TorchNativeAttnBackend._run_sdpa_forward_extend(
+        None, query.clone(), torch.zeros_like(query), *args, scaling=0.3, enable_gqa=kv_heads != heads, causal=causal)
+    got = sdpa_new_tokens_only(query.clone(), torch.zeros_like(query), *args, scaling=0.3,
+                               enable_gqa=kv_heads != heads, causal=causal)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
 # ----------------------------------------------------------------------------------- worker verify logic
 def _fake_worker(block_size: int, pending=None):
     return SimpleNamespace(_domino_pending=pending, block_size=block_size, _draft_log_path=None)
