@@ -78,8 +78,11 @@ def draft_from_hidden(
     z = proposal_hidden(draft_hidden, shift_label)
     if bonus_tokens.shape != draft_hidden.shape[:1]:
         raise ValueError(f"bonus_tokens must be [{draft_hidden.shape[0]}], got {tuple(bonus_tokens.shape)}")
-    z_for_logits = z.to(lm_head_weight.dtype)
-    base_logits = F.linear(z_for_logits, lm_head_weight)  # [N, P, V], all slots in one GEMM
+    n, p, h = z.shape
+    # One 2-D GEMM over every slot of every request: z is a strided slice of the block, and a 3-D strided input
+    # makes CPU F.linear run ~6x slower at 16 requests (measured: 619 vs 103 ms for [16, 3, 576] x [49152, 576]).
+    z_for_logits = z.to(lm_head_weight.dtype).reshape(n * p, h)
+    base_logits = F.linear(z_for_logits, lm_head_weight).view(n, p, -1)  # [N, P, V]
     if sampling is None:
         tokens, _ = kernels.correction_loop(base_logits, z, bonus_tokens, embed_weight, head, pure_draft_prefix_len)
         return DraftBlock(tokens)
