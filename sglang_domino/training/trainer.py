@@ -767,8 +767,9 @@ def train(args: argparse.Namespace) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.cache_only and not args.feature_cache:
         raise TrainingError("--cache-only needs --feature-cache DIR")
-    if args.validate_only and not (args.val_data and args.init_from):
-        raise TrainingError("--validate-only needs --val-data FILE and --init-from DRAFTER (the drafter to measure)")
+    if args.validate_only and (not (args.val_data and args.init_from) or args.resume):
+        raise TrainingError("--validate-only needs --val-data FILE and --init-from DRAFTER (the drafter to measure), "
+                            "and trains nothing (no --resume)")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise TrainingError(f"--device {args.device}: CUDA is not available on this machine")
@@ -870,25 +871,6 @@ def train(args: argparse.Namespace) -> dict:
         attention=resolve_attention(args.attention, device),
     )
     stream = BatchStream(len(examples), args.batch_size, args.seed)
-    ckpt_dir = out / "ckpt"
-    metrics_path = out / "metrics.jsonl"
-    if args.resume:
-        ckpt = _latest_checkpoint(ckpt_dir) if args.resume == "auto" else Path(args.resume)
-        if ckpt is None or not ckpt.is_file():
-            raise TrainingError(f"--resume: no checkpoint in {ckpt_dir}" if ckpt is None else f"--resume {ckpt}: missing")
-        state = torch.load(ckpt, weights_only=True)
-        if state.get("format") != CKPT_FORMAT:
-            raise TrainingError(f"{ckpt}: unknown checkpoint format {state.get('format')!r}")
-        if state["run"]["total_steps"] != total_steps:
-            raise TrainingError(f"cannot resume: {ckpt} was written by a run of {state['run']['total_steps']} steps, "
-                                f"this run has {total_steps} (λ and the LR schedule depend on it)")
-        trainer.load_state_dict(state["trainer"])
-        stream.load_state_dict(state["stream"])
-        _trim_metrics(metrics_path, trainer.step)
-        logger.info("resumed from %s at step %d", ckpt, trainer.step)
-    elif metrics_path.exists():
-        metrics_path.unlink()
-
     n_params = sum(p.numel() for p in drafter.parameters())
     n_train = sum(p.numel() for p in trainer.params)
     logger.info("drafter: %.2f M params (%.2f M trainable), head=%s, shift_label=%s, B=%d, layers=%s, steps=%d",
@@ -925,6 +907,25 @@ def train(args: argparse.Namespace) -> dict:
         (out / "validation.json").write_text(json.dumps(result, indent=2) + "\n")
         logger.info("validation of %s: %s", args.init_from, json.dumps(result))
         return result
+
+    ckpt_dir = out / "ckpt"
+    metrics_path = out / "metrics.jsonl"
+    if args.resume:
+        ckpt = _latest_checkpoint(ckpt_dir) if args.resume == "auto" else Path(args.resume)
+        if ckpt is None or not ckpt.is_file():
+            raise TrainingError(f"--resume: no checkpoint in {ckpt_dir}" if ckpt is None else f"--resume {ckpt}: missing")
+        state = torch.load(ckpt, weights_only=True)
+        if state.get("format") != CKPT_FORMAT:
+            raise TrainingError(f"{ckpt}: unknown checkpoint format {state.get('format')!r}")
+        if state["run"]["total_steps"] != total_steps:
+            raise TrainingError(f"cannot resume: {ckpt} was written by a run of {state['run']['total_steps']} steps, "
+                                f"this run has {total_steps} (λ and the LR schedule depend on it)")
+        trainer.load_state_dict(state["trainer"])
+        stream.load_state_dict(state["stream"])
+        _trim_metrics(metrics_path, trainer.step)
+        logger.info("resumed from %s at step %d", ckpt, trainer.step)
+    elif metrics_path.exists():
+        metrics_path.unlink()
 
     bar = _progress(total=total_steps, desc="train", unit="step", enabled=not args.no_progress, initial=trainer.step)
     last: dict = {}

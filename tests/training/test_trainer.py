@@ -166,6 +166,13 @@ def test_validation_is_logged_and_leaves_training_unchanged(ws):
     assert result["val_blocks"] == with_val[-1]["val_blocks"]
     assert 1.0 <= result["val_decode_tau"] <= result["val_accept_len"]
     assert not (ws / "vonly" / "drafter").exists() and not (ws / "vonly" / "metrics.jsonl").exists()
+    # ... and leaves a training run's directory as it was (its metrics.jsonl is not reset).
+    logged = (ws / "val" / "metrics.jsonl").read_text()
+    train(_args(ws, "val", "--validate-only", "--val-data", str(val), "--init-from", str(ws / "val" / "drafter")))
+    assert (ws / "val" / "metrics.jsonl").read_text() == logged
+    with pytest.raises(TrainingError, match="no --resume"):
+        train(_args(ws, "val", "--validate-only", "--val-data", str(val), "--init-from", str(ws / "val" / "drafter"),
+                    "--resume"))
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
