@@ -244,11 +244,10 @@ def domino_loss(
             correct[rows] = hits
             return accept_length(correct.view(n * w, b), blocks_valid) + 1.0
 
-        def mean_accept(hits: torch.Tensor) -> float:
-            return float((tokens_per_step(hits) * has_slot).sum()) / num_blocks
+        def block_mean(per_block: torch.Tensor) -> float:
+            return float((per_block * has_slot).sum()) / num_blocks
 
-        def mean_inverse_accept(hits: torch.Tensor) -> float:
-            return float((tokens_per_step(hits).reciprocal() * has_slot).sum()) / num_blocks
+        steps, base_steps = tokens_per_step(hit), tokens_per_step(base_hit)
 
         metrics = {
             "loss": float(loss.detach()),
@@ -256,10 +255,10 @@ def domino_loss(
             "base_loss": float(base_loss.detach()),
             "accuracy": float(hit.sum()) / max(count, 1.0),
             "base_accuracy": float(base_hit.sum()) / max(count, 1.0),
-            "accept_len": mean_accept(hit),
-            "base_accept_len": mean_accept(base_hit),
-            "inv_accept_len": mean_inverse_accept(hit),
-            "base_inv_accept_len": mean_inverse_accept(base_hit),
+            "accept_len": block_mean(steps),
+            "base_accept_len": block_mean(base_steps),
+            "inv_accept_len": block_mean(steps.reciprocal()),
+            "base_inv_accept_len": block_mean(base_steps.reciprocal()),
             "lambda": float(lam),
             "num_slots": count,
             "num_blocks": float(has_slot.sum()),
