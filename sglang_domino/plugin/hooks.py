@@ -176,8 +176,8 @@ def sdpa_new_tokens_only(query, output, k_cache, v_cache, req_to_token, req_pool
 
     Why: upstream's ``_run_sdpa_forward_extend`` pads every request's queries to its whole length and runs
     square attention, O(length²) per request and layer. A speculative step adds 4-16 tokens to a context of
-    hundreds (the target's verify, the drafter's block), so on CPU that padding was a quarter of a Domino
-    server's time at 16 requests (py-spy, 2026-12-03). Same attention, n × length work instead.
+    hundreds (the target's verify, the drafter's block), so on CPU this attention was 47 % of a Domino
+    scheduler thread's time at 16 requests (py-spy, 2026-12-03). Same attention, n × length work instead.
     """
     import torch
     import torch.nn.functional as F
