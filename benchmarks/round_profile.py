@@ -28,6 +28,8 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from loadgen import run_level  # noqa: E402
+
+from sglang_domino.rollout import draft_logits_dtype  # noqa: E402
 from serving import Server, load_payloads  # noqa: E402
 
 PHASES = ("draft_backbone", "draft_logits", "target_verify", "accept", "context_append")
@@ -135,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {"target": str(target), "draft": str(draft), "num_prompts": args.num_prompts,
                               "max_new_tokens": args.max_new_tokens, "threads": args.threads,
                               "block_size": args.block_size,
+                              # the offline loop and the server resolve $SGLANG_DOMINO_DRAFT_LOGITS_DTYPE alike
+                              "draft_logits_dtype": str(draft_logits_dtype(torch.empty(0))).removeprefix("torch."),
                               "offline": offline_profile(target, draft, prompts, args.num_prompts,
                                                          args.max_new_tokens, args.threads, args.block_size)}
     if not args.no_server:

@@ -28,6 +28,7 @@ from loadgen import run_level  # noqa: E402
 
 from sglang_domino.evaluate import load_config_block_size  # noqa: E402
 from sglang_domino.resume import append_row, read_rows, start_rows  # noqa: E402
+from sglang_domino.rollout import DRAFT_LOGITS_DTYPE_ENV  # noqa: E402
 
 CONFIGS = ("plain", "domino", "backbone")
 
@@ -132,6 +133,9 @@ def plot(levels: list[dict[str, Any]], path: Path) -> None:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from tqdm import tqdm
 
+    if args.repeats < 1:
+        raise SystemExit(f"--repeats must be at least 1, got {args.repeats}")
+
     from sglang_domino.embedded import HELDOUT_PROMPTS, prepare_embedded_pair
 
     if args.target and args.draft:
@@ -154,9 +158,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     # Resume: finished levels of an interrupted run with the same settings are kept (one JSON line each).
     weights = draft / "model.safetensors"
+    draft_logits_choice = os.environ.get(DRAFT_LOGITS_DTYPE_ENV) or "auto"  # the servers inherit it
     settings = {"target": str(target), "draft": str(draft), "draft_weights": [weights.stat().st_size,
                 weights.stat().st_mtime_ns], "prompts": str(prompts), "max_new_tokens": args.max_new_tokens,
-                "num_prompts": args.num_prompts, "server_args": extra, "block_size": args.block_size}
+                "num_prompts": args.num_prompts, "server_args": extra, "block_size": args.block_size,
+                "repeats": args.repeats, "draft_logits_dtype": draft_logits_choice}
     levels_path = out_json.with_name(out_json.name + ".levels.jsonl")
     levels = [lv for lv in read_rows(levels_path, settings) if lv["concurrency"] in levels_c]
     if not levels:
@@ -168,21 +174,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         warm = load_payloads(prompts, target, 2, 16)
         for s in servers.values():  # first requests pay one-off costs (allocation, lazy init)
             asyncio.run(run_level(s.url, warm, 2))
-        progress = tqdm(total=len(levels_c) * len(CONFIGS), initial=len(levels) * len(CONFIGS), desc="bench",
+        progress = tqdm(total=len(levels_c) * len(CONFIGS) * args.repeats,
+                        initial=len(levels) * len(CONFIGS) * args.repeats, desc="bench",
                         unit="run")
         for conc in todo:
             li = levels_c.index(conc)
             payloads = load_payloads(prompts, target, args.num_prompts or max(2 * conc, 8), args.max_new_tokens)
-            order = CONFIGS[li % 3:] + CONFIGS[: li % 3]  # rotate who goes first
-            measured: dict[str, dict[str, Any]] = {}
-            for name in order:
-                measured[name] = asyncio.run(run_level(servers[name].url, payloads, conc))
-                if measured[name]["failed"] == len(payloads):
-                    # A dead or wedged server: stop rather than record a level of zeros.
-                    raise RuntimeError(f"every request to the {name} server failed at concurrency {conc}; "
-                                       f"see {servers[name].log_path}")
-                progress.update(1)
-            same = measured["domino"]["output_ids"] == measured["plain"]["output_ids"]
+            runs: dict[str, list[dict[str, Any]]] = {name: [] for name in CONFIGS}
+            for rep in range(args.repeats):
+                first = (li + rep) % 3  # rotate who goes first, per level and per repeat
+                for name in CONFIGS[first:] + CONFIGS[:first]:
+                    run = asyncio.run(run_level(servers[name].url, payloads, conc))
+                    if run["failed"] == len(payloads):
+                        # A dead or wedged server: stop rather than record a level of zeros.
+                        raise RuntimeError(f"every request to the {name} server failed at concurrency {conc}; "
+                                           f"see {servers[name].log_path}")
+                    runs[name].append(run)
+                    progress.update(1)
+            measured = {name: median_run(r) for name, r in runs.items()}
+            same = all(r["output_ids"] == runs["plain"][0]["output_ids"] for name in ("plain", "domino")
+                       for r in runs[name])
             levels.append({
                 "concurrency": conc,
                 "num_prompts": len(payloads),
@@ -198,6 +209,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "tpot_ms": {k: v["tpot_ms"] for k, v in measured.items()},
                 "failed": {k: v["failed"] for k, v in measured.items()},
                 "domino_output_equals_plain": same,
+                "repeats": args.repeats,
+                "tok_s_runs": {k: [r["output_tok_s"] for r in v] for k, v in runs.items()},
             })
             append_row(levels_path, levels[-1])
         progress.close()
@@ -206,7 +219,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             s.stop()
     levels.sort(key=lambda lv: lv["concurrency"])
     result = {"target": str(target), "draft": str(draft), "max_new_tokens": args.max_new_tokens,
-              "server_args": extra, "block_size": args.block_size or load_config_block_size(draft), "levels": levels}
+              "server_args": extra, "block_size": args.block_size or load_config_block_size(draft),
+              "repeats": args.repeats, "draft_logits_dtype": draft_logits_choice, "levels": levels}
     out_json.write_text(json.dumps(result, indent=2))
     table = markdown_table(levels)
     out_json.with_suffix(".md").write_text(table + "\n")
@@ -215,11 +229,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the median output tok/s (the lower middle one for an even count): its latencies and τ
+    come with it, so a level's numbers stay those of one real run."""
+    if not runs:
+        raise ValueError("median_run needs at least one run")
+    ranked = sorted(runs, key=lambda r: r["output_tok_s"])
+    return ranked[(len(ranked) - 1) // 2]
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--concurrency", default="1,2,4,8,16")
     p.add_argument("--num-prompts", type=int, default=None, help="per level (default: max(2×concurrency, 8))")
     p.add_argument("--prompts", default=None, help="JSONL prompts (default: the held-out evaluation prompts)")
     p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--repeats", type=int, default=1,
+                   help="runs per configuration and level, interleaved; the median run's numbers are reported")
     p.add_argument("--target", default=None)
     p.add_argument("--draft", default=None)
     p.add_argument("--port", type=int, default=30100)

@@ -23,8 +23,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 from typing import Optional, Sequence
+
+from sglang_domino.hardware import cpu_has_bf16_units
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 30000
@@ -82,15 +83,6 @@ def resolve_pair(target: Optional[str], draft: Optional[str]) -> tuple[str, str]
 
     pair = prepare_embedded_pair()
     return target or str(pair.target), draft or str(pair.draft)
-
-
-def cpu_has_bf16_units(cpuinfo: str = "/proc/cpuinfo") -> bool:
-    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX-BF16)."""
-    try:
-        flags = Path(cpuinfo).read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def cpu_default_dtype() -> str:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from transformers.cache_utils import DynamicCache
 
 from sglang_domino.modeling import DominoDrafter
-from sglang_domino.rollout import DraftBlock, draft_from_hidden
+from sglang_domino.rollout import DraftBlock, draft_from_hidden, drafting_lm_head
 from sglang_domino.sampling import SamplingParams, filtered_probs, sample_from
 from sglang_domino.verify import verify_greedy, verify_sampling
 
@@ -77,6 +77,7 @@ def speculative_generate(
     block_size: Optional[int] = None,
     phase_times: Optional[dict[str, float]] = None,
     point_mass_drafts: bool = False,
+    draft_logits_dtype: Optional[str] = None,
 ) -> SpecOutput:
     """Generate up to ``max_new_tokens`` for one prompt ``input_ids`` [1, T].
 
@@ -88,6 +89,8 @@ def speculative_generate(
     point_mass_drafts: with sampling, draft greedily and verify the drafts as point masses (q = one-hot;
     accept with probability p(d), else resample from p without d) -- upstream SGLang's treatment of Domino
     drafts. Also lossless; kept for comparison with the sampled drafts (``sglang-domino eval --temperature``).
+    draft_logits_dtype: precision of the drafting lm_head GEMM, as the server chooses it
+    (:func:`sglang_domino.rollout.draft_logits_dtype`; None = ``$SGLANG_DOMINO_DRAFT_LOGITS_DTYPE`` or auto).
     phase_times: if given, seconds spent per phase of the rounds are added to it (``draft_backbone``,
     ``draft_logits`` (base logits + Domino correction + selection), ``target_verify``, ``accept``,
     ``context_append``) -- what ``benchmarks/round_profile.py`` reports.
@@ -97,6 +100,7 @@ def speculative_generate(
     config = drafter.config
     embed_weight = target.get_input_embeddings().weight
     lm_head_weight = target.get_output_embeddings().weight
+    draft_lm_head = drafting_lm_head(lm_head_weight, draft_logits_dtype)
     head = drafter.head_weights() if use_head else None
     eos = set(int(t) for t in eos_token_ids)
 
@@ -113,7 +117,7 @@ def speculative_generate(
             draft_hidden = drafter.draft_block_hidden(draft_cache, bonus, embed_weight, block_size)
         with _phase(phase_times, "draft_logits"):
             block = draft_from_hidden(
-                draft_hidden, bonus, embed_weight, lm_head_weight, head,
+                draft_hidden, bonus, embed_weight, draft_lm_head, head,
                 shift_label=config.shift_label, pure_draft_prefix_len=config.pure_draft_prefix_len,
                 sampling=None if point_mass_drafts else sampling, generator=generator,
             )

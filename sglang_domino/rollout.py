@@ -9,6 +9,7 @@ reference on CPU and the fused Triton / CUDA-graph path on CUDA; both give the s
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Optional
 
@@ -16,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from sglang_domino import kernels
+from sglang_domino.hardware import cpu_has_bf16_units
 from sglang_domino.kernels import DominoHeadWeights
 from sglang_domino.sampling import SamplingParams, filtered_probs, sample_from
 
@@ -26,6 +28,39 @@ class DraftBlock:
 
     tokens: torch.Tensor
     probs: Optional[torch.Tensor] = None
+
+
+# Precision of the drafting lm_head GEMM (base logits): auto | float32 | bfloat16 (see drafting_lm_head).
+DRAFT_LOGITS_DTYPE_ENV = "SGLANG_DOMINO_DRAFT_LOGITS_DTYPE"
+_DRAFT_LOGITS_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def draft_logits_dtype(lm_head_weight: torch.Tensor, choice: Optional[str] = None) -> torch.dtype:
+    """The dtype the drafting lm_head GEMM runs in: ``choice`` (default: ``$SGLANG_DOMINO_DRAFT_LOGITS_DTYPE``,
+    else ``auto``).
+
+    ``auto``: bf16 when the target's lm_head is float32 and the device multiplies bf16 natively (CUDA, or a CPU
+    with AVX512-BF16/AMX), else the lm_head's own dtype. Why: the base-logit GEMM reads the whole [V, H] head
+    for a handful of rows, so it is memory bound -- a float32 head serving SmolLM2 spent 35 of a round's 123 ms
+    there (benchmarks/results/round_profile_fp32_w4.md). Drafts are only proposals: the target verifies them in
+    its own precision, so the output is unchanged (lossless either way); a bf16 head can only flip a draft
+    token where two logits nearly tie.
+    """
+    choice = (choice or os.environ.get(DRAFT_LOGITS_DTYPE_ENV) or "auto").strip().lower()
+    if choice in _DRAFT_LOGITS_DTYPES:
+        return _DRAFT_LOGITS_DTYPES[choice]
+    if choice != "auto":
+        raise ValueError(f"{DRAFT_LOGITS_DTYPE_ENV}={choice!r}: expected auto, float32 or bfloat16")
+    if lm_head_weight.dtype != torch.float32:
+        return lm_head_weight.dtype
+    fast_bf16 = lm_head_weight.device.type == "cuda" or (lm_head_weight.device.type == "cpu" and cpu_has_bf16_units())
+    return torch.bfloat16 if fast_bf16 else torch.float32
+
+
+def drafting_lm_head(lm_head_weight: torch.Tensor, choice: Optional[str] = None) -> torch.Tensor:
+    """``lm_head_weight`` [V, H] in :func:`draft_logits_dtype` (a contiguous copy when the dtype changes)."""
+    dtype = draft_logits_dtype(lm_head_weight, choice)
+    return lm_head_weight if dtype == lm_head_weight.dtype else lm_head_weight.detach().to(dtype).contiguous()
 
 
 def proposal_hidden(draft_hidden: torch.Tensor, shift_label: bool) -> torch.Tensor:
@@ -71,7 +106,9 @@ def draft_from_hidden(
     Args:
         draft_hidden: [N, B, H] backbone output for the block [bonus, MASK × (B−1)].
         bonus_tokens: [N] the last verified token.
-        embed_weight: [V, H] target input embeddings; lm_head_weight: [V, H] target output head.
+        embed_weight: [V, H] target input embeddings; lm_head_weight: [V, H] target output head, in the
+            precision the base logits are computed in (:func:`drafting_lm_head`); the logits are then brought to
+            ``draft_hidden``'s dtype, in which the correction is added.
         head: Domino head tensors, or None for base logits only (plain DFlash).
         sampling: None = greedy; otherwise each slot is drawn from the filtered softmax of its corrected logits.
     """
@@ -82,7 +119,7 @@ def draft_from_hidden(
     # One 2-D GEMM over every slot of every request: z is a strided slice of the block, and a 3-D strided input
     # makes CPU F.linear run ~6x slower at 16 requests (measured: 619 vs 103 ms for [16, 3, 576] x [49152, 576]).
     z_for_logits = z.to(lm_head_weight.dtype).reshape(n * p, h)
-    base_logits = F.linear(z_for_logits, lm_head_weight).view(n, p, -1)  # [N, P, V]
+    base_logits = F.linear(z_for_logits, lm_head_weight).view(n, p, -1).to(z.dtype)  # [N, P, V]
     if sampling is None:
         tokens, _ = kernels.correction_loop(base_logits, z, bonus_tokens, embed_weight, head, pure_draft_prefix_len)
         return DraftBlock(tokens)

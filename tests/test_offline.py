@@ -96,3 +96,13 @@ def test_the_agreeing_drafter_fills_a_narrower_width() -> None:
     drafter.drop_head()
     out = speculative_generate(target, drafter, torch.tensor([[3, 4, 5]]), max_new_tokens=13, block_size=4)
     assert out.accept_lengths == [4, 4, 4]
+
+
+@pytest.mark.parametrize("draft_logits_dtype", ["float32", "bfloat16"])
+def test_bf16_drafting_lm_head_stays_lossless(target, draft_logits_dtype: str) -> None:
+    """The drafting lm_head precision changes proposals only (near-ties); the float32 target still decides."""
+    drafter = random_drafter(seed=7, block_size=8)
+    for prompt in PROMPTS:
+        ids = torch.tensor([prompt])
+        got = speculative_generate(target, drafter, ids, max_new_tokens=40, draft_logits_dtype=draft_logits_dtype)
+        assert got.tokens == plain_generate(target, ids, max_new_tokens=40), (prompt, draft_logits_dtype)

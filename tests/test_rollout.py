@@ -110,3 +110,41 @@ def test_rollout_rejects_bad_shapes() -> None:
         greedy_rollout(drafter, draft_hidden[0], bonus, embedding.weight, lm_head)
     with pytest.raises(ValueError, match="bonus_tokens"):
         greedy_rollout(drafter, draft_hidden, bonus[:1], embedding.weight, lm_head)
+
+
+def test_draft_logits_dtype_choices(monkeypatch) -> None:
+    from sglang_domino import rollout
+
+    fp32, bf16 = torch.zeros(4, 2), torch.zeros(4, 2, dtype=torch.bfloat16)
+    monkeypatch.delenv(rollout.DRAFT_LOGITS_DTYPE_ENV, raising=False)
+    assert rollout.draft_logits_dtype(fp32, "float32") == torch.float32
+    assert rollout.draft_logits_dtype(fp32, "bfloat16") == torch.bfloat16
+    assert rollout.draft_logits_dtype(bf16, "auto") == torch.bfloat16  # a bf16 head is never upcast by auto
+    for has_units, expected in ((True, torch.bfloat16), (False, torch.float32)):
+        monkeypatch.setattr(rollout, "cpu_has_bf16_units", lambda: has_units)
+        assert rollout.draft_logits_dtype(fp32) == expected  # no choice, no env: auto
+    monkeypatch.setenv(rollout.DRAFT_LOGITS_DTYPE_ENV, "float32")
+    assert rollout.draft_logits_dtype(fp32) == torch.float32  # the env var is the server's switch
+    monkeypatch.setenv(rollout.DRAFT_LOGITS_DTYPE_ENV, "fp8")
+    with pytest.raises(ValueError, match="SGLANG_DOMINO_DRAFT_LOGITS_DTYPE='fp8'"):
+        rollout.draft_logits_dtype(fp32)
+
+
+def test_bf16_drafting_head_gives_float32_logits_to_the_correction() -> None:
+    """A bf16 copy of the head: the base logits are those of the rounded weights, brought back to the hidden
+    states' dtype before the (float32) correction is added -- checked against the eager loop on such logits."""
+    from sglang_domino import kernels
+    from sglang_domino.rollout import draft_from_hidden, drafting_lm_head
+
+    drafter = random_drafter(seed=4, scale=30.0)
+    embedding, lm_head, draft_hidden, bonus = _inputs(3, drafter.config.block_size)
+    head_bf16 = drafting_lm_head(lm_head, "bfloat16")
+    assert head_bf16.dtype == torch.bfloat16 and drafting_lm_head(lm_head, "float32") is lm_head
+    z = proposal_hidden(draft_hidden, drafter.config.shift_label)
+    base = F.linear(z.to(torch.bfloat16), head_bf16).float()
+    expected, _ = kernels.correction_loop_eager(base, z, bonus, embedding.weight, drafter.head_weights(),
+                                                drafter.config.pure_draft_prefix_len)
+    got = draft_from_hidden(draft_hidden, bonus, embedding.weight, head_bf16, drafter.head_weights(),
+                            shift_label=drafter.config.shift_label,
+                            pure_draft_prefix_len=drafter.config.pure_draft_prefix_len)
+    assert torch.equal(got.tokens, expected)

@@ -47,7 +47,7 @@ from sglang.srt.speculative.dflash_worker_v2 import (
 from sglang_domino.config import DominoConfig
 from sglang_domino.kernels import DominoHeadWeights
 from sglang_domino.plugin.hooks import domino_worker_scope
-from sglang_domino.rollout import draft_from_hidden
+from sglang_domino.rollout import draft_from_hidden, draft_logits_dtype, drafting_lm_head
 from sglang_domino.sampling import SamplingParams
 from sglang_domino.verify import VerifyResult, accepted_prefix_len, verify_greedy, verify_sampling
 
@@ -117,12 +117,17 @@ class DominoWorker(DFlashWorkerV2):
         # Upstream casts the block embeddings to bf16 before every draft forward; keep the draft's own dtype
         # (fp32 serving) -- see hooks._extend_forward_kwargs.
         self.draft_model_runner.domino_keep_input_embeds_dtype = True
+        self._drafting_lm_head: Optional[tuple[tuple[int, int, int], torch.Tensor]] = None
         head = self.domino_head()
+        target_lm_head = unwrap_lora_layer(self.target_worker.model_runner.model.lm_head).weight
         logger.info(
             "Domino worker ready: block_size=%d, shift_label=%s, pure_draft_prefix_len=%d, head=%s, device=%s, "
-            "exact full-vocabulary correction, sampling verify with draft probabilities",
+            "draft logits in %s (target lm_head %s), exact full-vocabulary correction, sampling verify with draft "
+            "probabilities",
             self.block_size, self.domino_config.shift_label, self.domino_config.pure_draft_prefix_len,
             "domino" if head is not None else "none (plain DFlash backbone)", self.device,
+            str(draft_logits_dtype(target_lm_head)).removeprefix("torch."),
+            str(target_lm_head.dtype).removeprefix("torch."),
         )
 
     # ---------------------------------------------------------------- weights
@@ -133,10 +138,18 @@ class DominoWorker(DFlashWorkerV2):
         return DominoHeadWeights(w_ih=gru.weight_ih_l0, w_hh=gru.weight_hh_l0, w1=proj[0].weight, w2=proj[2].weight)
 
     def _target_weights(self, lm_head) -> tuple[torch.Tensor, torch.Tensor]:
+        """(embed [V, H], drafting lm_head [V, H]); the latter in the drafting precision, converted once.
+
+        The converted copy is keyed by the head's storage and version counter, so a weight update
+        (``update_weights_from_*`` writes in place or swaps the tensor) re-converts it."""
         vocab = int(self.model_runner.model_config.vocab_size)
         target_model = self.target_worker.model_runner.model
         embed = unwrap_lora_layer(_resolve_dflash_embedding_module(self.draft_model, target_model))
-        return embed.weight[:vocab], lm_head.weight[:vocab]
+        weight = lm_head.weight
+        key = (weight.data_ptr(), weight._version, vocab)
+        if self._drafting_lm_head is None or self._drafting_lm_head[0] != key:
+            self._drafting_lm_head = (key, drafting_lm_head(weight[:vocab]))
+        return embed.weight[:vocab], self._drafting_lm_head[1]
 
     # ------------------------------------------------------------- overrides
     def _maybe_build_draft_sampler(self):

@@ -139,7 +139,9 @@ def servers(tiny, tmp_path_factory):
     specs = {
         "plain": (launch_cmd(tiny.target, free_port()), cpu_env(), None),
         "domino": (launch_cmd(tiny.target, free_port(), draft=tiny.drafter),
-                   cpu_env(SGLANG_DOMINO_DRAFT_LOG=str(draft_log)), draft_log),
+                   # float32 drafting: the reference tests compare drafts with the offline rollout bit for bit
+                   cpu_env(SGLANG_DOMINO_DRAFT_LOG=str(draft_log), SGLANG_DOMINO_DRAFT_LOGITS_DTYPE="float32"),
+                   draft_log),
     }
     running: dict[str, Server] = {}
     try:

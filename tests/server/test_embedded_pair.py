@@ -2,7 +2,7 @@
 Domino's greedy output equals plain decoding token for token on a few held-out prompts sent concurrently, and
 SGLang's own ``avg_spec_accept_length`` shows accepted drafts. A third server verifies a narrower block
 (``--speculative-num-draft-tokens 4``, what CPU serving can choose because verify cost grows with the width)
-and must equal plain decoding too."""
+and must equal plain decoding too. The full-width Domino server drafts with a bf16 lm_head copy."""
 
 from __future__ import annotations
 
@@ -30,7 +30,10 @@ def embedded_servers(tmp_path_factory):
         for name, draft, extra in (("plain", None, ()), ("domino", pair.draft, ()),
                                    ("domino_narrow", pair.draft, ("--speculative-num-draft-tokens", str(NARROW_WIDTH)))):
             cmd = launch_cmd(pair.target, free_port(), *extra, draft=draft)
-            proc, t0 = start_server(name, cmd, cpu_env(), logs / f"{name}.log")
+            # The full Domino server drafts with a bf16 copy of the float32 lm_head (what "auto" picks on a CPU
+            # with bf16 units), whatever this CPU is, so that path is checked lossless on the real pair.
+            env = cpu_env(SGLANG_DOMINO_DRAFT_LOGITS_DTYPE="bfloat16") if name == "domino" else cpu_env()
+            proc, t0 = start_server(name, cmd, env, logs / f"{name}.log")
             port = cmd[cmd.index("--port") + 1]
             running[name] = Server(name, f"http://127.0.0.1:{port}", proc, logs / f"{name}.log",
                                    extra={"t_launch": t0, "cmd": cmd})

@@ -191,7 +191,8 @@ def test_accept_lengths_equal_offline_loop(base_round, servers, tiny) -> None:
     for payload, out in list(zip(payloads, domino))[:3]:
         n = out["meta_info"]["completion_tokens"]
         ref = speculative_generate(target, drafter, torch.tensor([payload["input_ids"]]), n,
-                                   eos_token_ids=[] if payload["sampling_params"]["ignore_eos"] else [tiny.eos_token_id])
+                                   eos_token_ids=[] if payload["sampling_params"]["ignore_eos"] else [tiny.eos_token_id],
+                                   draft_logits_dtype="float32")  # as the server fixture pins it
         assert ref.tokens == out["output_ids"]
         server_steps = [r["accept"] + 1 for r in servers["domino"].draft_records(payload["rid"])]
         # Compare the steps that were fully used; the last one may be cut by max_tokens/EOS.

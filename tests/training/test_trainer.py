@@ -151,6 +151,14 @@ def test_validation_is_logged_and_leaves_training_unchanged(ws):
             assert r["val_decode_tau"] == pytest.approx(1.0 / r["val_inv_accept_len"])
             assert 1.0 <= r["val_decode_tau"] <= r["val_accept_len"] + 1e-9
             assert 1.0 <= r["val_base_decode_tau"] <= r["val_base_accept_len"] + 1e-9
+    # The best validation decode τ of the run (step 0 = the starting drafter included) is exported beside it.
+    scored = [(r["val_decode_tau"], -r["step"]) for r in with_val if "val_decode_tau" in r]
+    best_tau, best_step = max(scored)[0], -max(scored)[1]  # the first step reaching the best value
+    best = json.loads((ws / "val" / "best_drafter" / "best.json").read_text())
+    assert (best["step"], best["value"], best["metric"]) == (best_step, best_tau, "val_decode_tau")
+    assert (ws / "val" / "best_drafter" / "model.safetensors").exists()
+    assert json.loads((ws / "val" / "training_summary.json").read_text())["best"] == best
+    assert not (ws / "noval" / "best_drafter").exists()  # no validation, nothing to choose by
     for a, b in zip(plain, with_val[1:]):
         a.pop("step_time"), b.pop("step_time")
         assert a == {k: v for k, v in b.items() if not k.startswith("val_")}
