@@ -26,3 +26,13 @@ def test_median_run_keeps_one_real_run() -> None:
     assert median_run(runs[:1]) is runs[0]
     with pytest.raises(ValueError):
         median_run([])
+
+
+def test_markdown_table_row() -> None:
+    lat = {"median": 180.0, "p90": 220.0}
+    level = {"concurrency": 1, "num_prompts": 8, "plain_tok_s": 10.0, "domino_tok_s": 12.5, "backbone_tok_s": 11.0,
+             "speedup_vs_plain": 1.25, "speedup_vs_backbone": 12.5 / 11.0, "tau_domino": 1.6, "tau_backbone": 1.4,
+             "ttft_ms": {"domino": {"median": 300.0}}, "itl_ms": {"domino": lat}, "domino_requests_equal_plain": 7}
+    table = _load().markdown_table([level]).splitlines()
+    assert len(table) == 3 and table[0].count("|") == table[2].count("|")
+    assert table[2] == "| 1 | 10.0 | 12.5 | 11.0 | 1.25× | 1.14× | 1.60 | 1.40 | 300 | 180 / 220 | 7/8 |"
