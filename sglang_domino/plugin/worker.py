@@ -140,8 +140,10 @@ class DominoWorker(DFlashWorkerV2):
     def _target_weights(self, lm_head) -> tuple[torch.Tensor, torch.Tensor]:
         """(embed [V, H], drafting lm_head [V, H]); the latter in the drafting precision, converted once.
 
-        The converted copy is keyed by the head's storage and version counter, so a weight update
-        (``update_weights_from_*`` writes in place or swaps the tensor) re-converts it."""
+        The converted copy is keyed by the head's storage and version counter: a swapped tensor or an autograd-
+        visible in-place write re-converts it. SGLang's online weight loaders write through ``param.data``, which
+        no counter sees, so after ``update_weights_from_*`` the drafts keep the old head (output unchanged: the
+        target verifies with its live head) until the server restarts or drafts in the head's own dtype."""
         vocab = int(self.model_runner.model_config.vocab_size)
         target_model = self.target_worker.model_runner.model
         embed = unwrap_lora_layer(_resolve_dflash_embedding_module(self.draft_model, target_model))

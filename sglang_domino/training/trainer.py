@@ -767,10 +767,7 @@ def _keep_best(out: Path, drafter: DominoDrafter, step: int, metrics: dict, best
         return best
     from sglang_domino.checkpoint import save_drafter
 
-    was_training = drafter.training
-    drafter.eval()
-    target = save_drafter(drafter, out / "best_drafter", dtype=dtype)
-    drafter.train(was_training)
+    target = save_drafter(drafter, out / "best_drafter", dtype=dtype)  # state_dict: no train/eval switch needed
     best = {"step": step, "metric": BEST_METRIC, "value": value,
             "val_base_decode_tau": metrics.get("val_base_decode_tau"), "val_accept_len": metrics.get("val_accept_len")}
     (Path(target) / "best.json").write_text(json.dumps(best, indent=2) + "\n")
@@ -1009,7 +1006,7 @@ def train(args: argparse.Namespace) -> dict:
     export = save_drafter(drafter, out / "drafter", dtype=_DTYPES[args.export_dtype])
     summary = {"drafter": str(export), "steps": trainer.step, "skipped_batches": trainer.skipped_batches,
                "dropped_sequences": dropped, "num_sequences": len(examples), "last": last,
-               "best": _read_best(out), "config": config.to_dict()}
+               "best": best, "config": config.to_dict()}
     (out / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     logger.info("exported %s", export)
     return summary
