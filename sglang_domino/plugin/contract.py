@@ -27,6 +27,7 @@ class Requirement:
     attr: str  # dotted path inside the module
     why: str
     params: tuple[str, ...] = ()  # keyword parameters that must be accepted, for callables
+    reads: tuple[str, ...] = ()  # attribute conventions the callable's source must still mention
 
     @property
     def name(self) -> str:
@@ -87,6 +88,11 @@ CONTRACT: tuple[Requirement, ...] = (
                 ("speculative_algorithm", "speculative_draft_model_path")),
     Requirement("sglang.srt.model_executor.forward_batch_info", "ForwardMode.is_target_verify",
                 "TARGET_VERIFY detection"),
+    # --- conventions: attributes we set on upstream modules that upstream must still read
+    Requirement("sglang.srt.model_executor.model_runner_components.weight_updater",
+                "_unsupported_derived_weight_cache_error",
+                "refuses online weight updates while drafts use a converted lm_head copy",
+                reads=("_derived_weight_cache_error",)),
 )
 
 
@@ -109,6 +115,16 @@ def _missing_params(obj, params: tuple[str, ...]) -> list[str]:
     if any(p.kind == inspect.Parameter.VAR_KEYWORD for p in accepted.values()):
         return []
     return [p for p in params if p not in accepted]
+
+
+def _unread(obj, names: tuple[str, ...]) -> list[str]:
+    if not names:
+        return []
+    try:
+        source = inspect.getsource(obj)
+    except (OSError, TypeError):
+        return list(names)  # cannot show the convention still holds: treat as broken
+    return [name for name in names if name not in source]
 
 
 def sglang_version() -> Optional[str]:
@@ -136,6 +152,10 @@ def check_contract(requirements: tuple[Requirement, ...] = CONTRACT) -> None:
         if missing:
             raise ContractError(f"SGLang contract check failed: {req.name} no longer accepts "
                                 f"{', '.join(missing)} ({req.why}); {pin}")
+        unread = _unread(obj, req.reads)
+        if unread:
+            raise ContractError(f"SGLang contract check failed: {req.name} no longer reads "
+                                f"{', '.join(unread)} ({req.why}); {pin}")
 
 
 __all__ = ["CONTRACT", "ContractError", "PINNED_SGLANG_VERSION", "Requirement", "check_contract", "sglang_version"]

@@ -47,7 +47,7 @@ from sglang.srt.speculative.dflash_worker_v2 import (
 from sglang_domino.config import DominoConfig
 from sglang_domino.kernels import DominoHeadWeights
 from sglang_domino.plugin.hooks import domino_worker_scope
-from sglang_domino.rollout import draft_from_hidden, draft_logits_dtype, drafting_lm_head
+from sglang_domino.rollout import DRAFT_LOGITS_DTYPE_ENV, draft_from_hidden, draft_logits_dtype, drafting_lm_head
 from sglang_domino.sampling import SamplingParams
 from sglang_domino.verify import VerifyResult, accepted_prefix_len, verify_greedy, verify_sampling
 
@@ -89,6 +89,22 @@ def sampling_params_from_batch(sampling_info: Any, bs: int) -> Optional[Sampling
     )
 
 
+def refuse_online_weight_updates(lm_head: torch.nn.Module, drafting_dtype: torch.dtype) -> None:
+    """Make SGLang refuse online weight updates while drafts use a converted copy of ``lm_head``.
+
+    SGLang's ``update_weights_from_{disk,tensor,distributed,ipc}`` write through ``param.data``, which no version
+    counter sees, so the copy would silently go stale (outputs stay exact -- the target verifies with its live
+    head -- but acceptance would fall). SGLang's weight updater checks every module for
+    ``_derived_weight_cache_error`` before writing and answers the request with that message instead.
+    """
+    lm_head._derived_weight_cache_error = (
+        f"Online weight updates are not supported while Domino drafts with a "
+        f"{str(drafting_dtype).removeprefix('torch.')} copy of the target's lm_head: the copy would keep the old "
+        f"weights. Restart the server with {DRAFT_LOGITS_DTYPE_ENV}=float32 to use online weight "
+        f"updates."
+    )
+
+
 class DominoWorker(DFlashWorkerV2):
     """``--speculative-algorithm domino``: DFlash backbone + Domino head, exact and lossless."""
 
@@ -119,7 +135,10 @@ class DominoWorker(DFlashWorkerV2):
         self.draft_model_runner.domino_keep_input_embeds_dtype = True
         self._drafting_lm_head: Optional[tuple[tuple[int, int, int], torch.Tensor]] = None
         head = self.domino_head()
-        target_lm_head = unwrap_lora_layer(self.target_worker.model_runner.model.lm_head).weight
+        target_lm_head_module = unwrap_lora_layer(self.target_worker.model_runner.model.lm_head)
+        target_lm_head = target_lm_head_module.weight
+        if draft_logits_dtype(target_lm_head) != target_lm_head.dtype:
+            refuse_online_weight_updates(target_lm_head_module, draft_logits_dtype(target_lm_head))
         logger.info(
             "Domino worker ready: block_size=%d, shift_label=%s, pure_draft_prefix_len=%d, head=%s, device=%s, "
             "draft logits in %s (target lm_head %s), exact full-vocabulary correction, sampling verify with draft "
@@ -142,8 +161,8 @@ class DominoWorker(DFlashWorkerV2):
 
         The converted copy is keyed by the head's storage and version counter: a swapped tensor or an autograd-
         visible in-place write re-converts it. SGLang's online weight loaders write through ``param.data``, which
-        no counter sees, so after ``update_weights_from_*`` the drafts keep the old head (output unchanged: the
-        target verifies with its live head) until the server restarts or drafts in the head's own dtype."""
+        no counter sees; while a converted copy exists those updates are refused instead
+        (:func:`refuse_online_weight_updates`)."""
         vocab = int(self.model_runner.model_config.vocab_size)
         target_model = self.target_worker.model_runner.model
         embed = unwrap_lora_layer(_resolve_dflash_embedding_module(self.draft_model, target_model))

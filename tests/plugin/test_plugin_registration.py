@@ -41,6 +41,27 @@ def test_contract_names_the_missing_upstream_name() -> None:
     with pytest.raises(ContractError, match="no longer accepts not_a_param"):
         check_contract((Requirement("sglang.srt.speculative.dflash_worker_v2", "DFlashWorkerV2._accept_block", "t",
                                     ("not_a_param",)),))
+    with pytest.raises(ContractError, match="no longer reads _not_an_attribute_upstream_reads"):
+        check_contract((Requirement("sglang.srt.model_executor.model_runner_components.weight_updater",
+                                    "_unsupported_derived_weight_cache_error", "t",
+                                    reads=("_not_an_attribute_upstream_reads",)),))
+
+
+def test_converted_lm_head_makes_sglang_refuse_online_weight_updates() -> None:
+    """The message we set is the one SGLang's weight updater answers an update request with."""
+    import torch
+    from sglang.srt.model_executor.model_runner_components.weight_updater import (
+        _unsupported_derived_weight_cache_error,
+    )
+
+    from sglang_domino.plugin.worker import refuse_online_weight_updates
+
+    model = torch.nn.Sequential(torch.nn.Embedding(8, 4), torch.nn.Linear(4, 8, bias=False))
+    assert _unsupported_derived_weight_cache_error(model) is None
+    refuse_online_weight_updates(model[1], torch.bfloat16)
+    error = _unsupported_derived_weight_cache_error(model)
+    assert "bfloat16 copy of the target's lm_head" in error
+    assert "SGLANG_DOMINO_DRAFT_LOGITS_DTYPE=float32" in error
 
 
 def test_register_makes_domino_resolvable_and_is_idempotent() -> None:

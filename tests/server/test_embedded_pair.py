@@ -2,7 +2,8 @@
 Domino's greedy output equals plain decoding token for token on a few held-out prompts sent concurrently, and
 SGLang's own ``avg_spec_accept_length`` shows accepted drafts. A third server verifies a narrower block
 (``--speculative-num-draft-tokens 4``, what CPU serving can choose because verify cost grows with the width)
-and must equal plain decoding too. The full-width Domino server drafts with a bf16 lm_head copy."""
+and must equal plain decoding too. The full-width Domino server drafts with a bf16 lm_head copy, and therefore refuses
+online weight updates."""
 
 from __future__ import annotations
 
@@ -76,3 +77,16 @@ def test_embedded_pair_greedy_equals_plain(embedded_servers) -> None:
     # The shipped drafter really drafts: more than one token per verify step, as SGLang reports it.
     assert state["avg_spec_accept_length"] > 1.1, state["avg_spec_accept_length"]
     assert tokens / verify > 1.1
+
+
+def test_online_weight_update_refused_while_drafting_with_a_converted_head(embedded_servers) -> None:
+    """A bf16 drafting copy of the float32 lm_head cannot follow SGLang's in-place weight loaders, so the server
+    refuses ``/update_weights_from_disk`` with a message naming the way out, and keeps serving exactly."""
+    pair, servers = embedded_servers
+    reply = servers["domino"].post("/update_weights_from_disk", {"model_path": str(pair.target)})
+    assert reply.status_code == 400, reply.text
+    body = reply.json()
+    assert body["success"] is False
+    assert "SGLANG_DOMINO_DRAFT_LOGITS_DTYPE=float32" in body["message"]
+    payload = dict(text="Name three colours.", sampling_params={"max_new_tokens": 12, "temperature": 0})
+    assert servers["domino"].generate(**payload)["output_ids"] == servers["plain"].generate(**payload)["output_ids"]
