@@ -32,7 +32,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     result = evaluate(target, draft, args.prompts, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                       dtype=getattr(torch, args.dtype), limit=args.limit, workers=args.workers,
                       rows_path=args.json + ".rows.jsonl", block_size=args.block_size,
-                      draft_logits_dtype=args.draft_logits_dtype)
+                      draft_logits_dtype=args.draft_logits_dtype,
+                      draft_temperature_scale=args.draft_temperature_scale)
     with open(args.json, "w") as fh:
         json.dump(result, fh, indent=2)
     summary = {k: result[k] for k in ("num_prompts", "tau_domino", "tau_backbone", "tau_ratio", "tau_domino_point_mass",
@@ -94,6 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--draft-logits-dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                    help="precision of the drafting lm_head GEMM, as the server's $SGLANG_DOMINO_DRAFT_LOGITS_DTYPE "
                         "(auto: bf16 for a float32 target where the device multiplies bf16 natively)")
+    p.add_argument("--draft-temperature-scale", type=float, default=None,
+                   help="with --temperature T > 0, drafts are drawn at T × this scale and verified with their own "
+                        "probabilities (lossless for any value > 0), as the server's "
+                        "$SGLANG_DOMINO_DRAFT_TEMPERATURE_SCALE (default: that, else 0.6)")
     p.add_argument("--json", required=True,
                    help="output JSON path (rows also go to JSON.rows.jsonl as they finish; a rerun resumes)")
     p.set_defaults(func=_cmd_eval)

@@ -17,6 +17,7 @@ from tqdm import tqdm
 from sglang_domino.checkpoint import load_drafter
 from sglang_domino.offline import plain_generate, speculative_generate
 from sglang_domino.rollout import draft_logits_dtype as draft_logits_dtype_of
+from sglang_domino.rollout import resolve_draft_temperature_scale
 from sglang_domino.resume import append_row, read_rows, start_rows
 from sglang_domino.sampling import SamplingParams
 
@@ -91,7 +92,8 @@ def pooled_tau(rows: list[dict[str, Any]], sampled: bool) -> dict[str, float]:
 
 def evaluate_prompt(target, drafter, tokenizer, item: dict[str, Any], index: int, *, max_new_tokens: int,
                     sampling: Optional[SamplingParams], eos: list[int], seed: int,
-                    block_size: Optional[int] = None, draft_logits_dtype: Optional[str] = None) -> dict[str, Any]:
+                    block_size: Optional[int] = None, draft_logits_dtype: Optional[str] = None,
+                    draft_temperature_scale: Optional[float] = None) -> dict[str, Any]:
     """One prompt: Domino, the same drafter without its head, and (greedy) the target alone -> a result row.
 
     With sampling, also ``domino_point_mass``: the same drafter with greedy drafts verified as point masses
@@ -107,7 +109,8 @@ def evaluate_prompt(target, drafter, tokenizer, item: dict[str, Any], index: int
         out = speculative_generate(target, drafter, ids, max_new_tokens, eos_token_ids=eos,
                                    sampling=sampling, generator=generator, use_head=use_head,
                                    block_size=block_size, point_mass_drafts=point_mass,
-                                   draft_logits_dtype=draft_logits_dtype)
+                                   draft_logits_dtype=draft_logits_dtype,
+                                   draft_temperature_scale=draft_temperature_scale)
         row[f"tau_{name}"] = out.tau
         row[f"accepted_{name}"] = int(sum(out.accept_lengths))
         row[f"verify_steps_{name}"] = out.verify_steps
@@ -140,8 +143,8 @@ def _exit_with_parent(poll_s: float = 2.0) -> None:
 
 def _eval_worker(worker: int, indices: list[int], target_path: str, draft_path: str, prompts: list[dict[str, Any]],
                  max_new_tokens: int, temperature: float, dtype: torch.dtype, seed: int, rows_path: Optional[str],
-                 draft_logits_dtype: str, threads: Optional[int], block_size: Optional[int] = None,
-                 worker_of_pool: bool = False) -> list[dict[str, Any]]:
+                 draft_logits_dtype: str, draft_temperature_scale: float, threads: Optional[int],
+                 block_size: Optional[int] = None, worker_of_pool: bool = False) -> list[dict[str, Any]]:
     """Evaluate ``indices`` of ``prompts`` (one process); each finished row is appended to ``rows_path``."""
     if worker_of_pool:
         _exit_with_parent()
@@ -155,7 +158,8 @@ def _eval_worker(worker: int, indices: list[int], target_path: str, draft_path: 
     for index in tqdm(indices, desc=f"eval[{worker}]", unit="prompt", position=worker):
         row = evaluate_prompt(target, drafter, tokenizer, prompts[index], index, max_new_tokens=max_new_tokens,
                               sampling=sampling, eos=eos, seed=seed, block_size=block_size,
-                              draft_logits_dtype=draft_logits_dtype)
+                              draft_logits_dtype=draft_logits_dtype,
+                              draft_temperature_scale=draft_temperature_scale)
         rows.append(row)
         if rows_path:
             append_row(rows_path, row)
@@ -176,6 +180,7 @@ def evaluate(
     rows_path: Optional[str | Path] = None,
     block_size: Optional[int] = None,
     draft_logits_dtype: str = "auto",
+    draft_temperature_scale: Optional[float] = None,
 ) -> dict[str, Any]:
     """Run the offline loop with and without the head (and plain greedy decoding when temperature is 0).
 
@@ -184,20 +189,23 @@ def evaluate(
     with the same settings skips the prompts already done (resume). ``block_size``: the verify width
     (default the drafter's), as ``--speculative-num-draft-tokens`` sets it in SGLang. ``draft_logits_dtype``:
     precision of the drafting lm_head GEMM (auto | float32 | bfloat16, resolved as the server resolves it,
-    :func:`sglang_domino.rollout.draft_logits_dtype`)."""
+    :func:`sglang_domino.rollout.draft_logits_dtype`). ``draft_temperature_scale``: with sampling, drafts are drawn at the
+    temperature × this (:func:`sglang_domino.rollout.resolve_draft_temperature_scale`; None = env or default)."""
     prompts = read_prompts(prompts_path)[:limit]
     # Resolved once here (the target's lm_head has ``dtype``), so the JSON says what the workers did.
     draft_logits_dtype = str(draft_logits_dtype_of(torch.empty(0, dtype=dtype), draft_logits_dtype)).removeprefix("torch.")
+    draft_temperature_scale = resolve_draft_temperature_scale(draft_temperature_scale)
     settings = {"target": str(target_path), "draft": str(draft_path), "prompts": str(prompts_path),
                 "num_prompts": len(prompts), "max_new_tokens": max_new_tokens, "temperature": temperature,
-                "dtype": str(dtype), "seed": seed, "block_size": block_size, "draft_logits_dtype": draft_logits_dtype}
+                "dtype": str(dtype), "seed": seed, "block_size": block_size, "draft_logits_dtype": draft_logits_dtype,
+                "draft_temperature_scale": draft_temperature_scale}
     rows_file = Path(rows_path) if rows_path else None
     done = {int(r["index"]): r for r in read_rows(rows_file, settings)} if rows_file else {}
     if rows_file is not None and not done:
         start_rows(rows_file, settings)
     todo = [i for i in range(len(prompts)) if i not in done]
     args = (str(target_path), str(draft_path), prompts, max_new_tokens, temperature, dtype, seed,
-            str(rows_file) if rows_file else None, draft_logits_dtype)
+            str(rows_file) if rows_file else None, draft_logits_dtype, draft_temperature_scale)
     rows = list(done.values())
     if workers <= 1 or len(todo) <= 1:
         rows += _eval_worker(0, todo, *args, None, block_size)
@@ -214,6 +222,7 @@ def evaluate(
         "target": str(target_path), "draft": str(draft_path), "prompts": str(prompts_path),
         "num_prompts": len(per_prompt), "max_new_tokens": max_new_tokens, "temperature": temperature,
         "dtype": str(dtype).removeprefix("torch."), "draft_logits_dtype": draft_logits_dtype,
+        "draft_temperature_scale": draft_temperature_scale,
         "block_size": block_size or load_config_block_size(draft_path),
     }
     result.update(pooled_tau(per_prompt, temperature > 0))

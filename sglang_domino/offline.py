@@ -78,6 +78,7 @@ def speculative_generate(
     phase_times: Optional[dict[str, float]] = None,
     point_mass_drafts: bool = False,
     draft_logits_dtype: Optional[str] = None,
+    draft_temperature_scale: Optional[float] = None,
 ) -> SpecOutput:
     """Generate up to ``max_new_tokens`` for one prompt ``input_ids`` [1, T].
 
@@ -91,6 +92,9 @@ def speculative_generate(
     drafts. Also lossless; kept for comparison with the sampled drafts (``sglang-domino eval --temperature``).
     draft_logits_dtype: precision of the drafting lm_head GEMM, as the server chooses it
     (:func:`sglang_domino.rollout.draft_logits_dtype`; None = ``$SGLANG_DOMINO_DRAFT_LOGITS_DTYPE`` or auto).
+    draft_temperature_scale: with sampling, drafts are drawn at the temperature × this scale, as the server does
+    (:func:`sglang_domino.rollout.resolve_draft_temperature_scale`; None = ``$SGLANG_DOMINO_DRAFT_TEMPERATURE_SCALE`` or
+    the default).
     phase_times: if given, seconds spent per phase of the rounds are added to it (``draft_backbone``,
     ``draft_logits`` (base logits + Domino correction + selection), ``target_verify``, ``accept``,
     ``context_append``) -- what ``benchmarks/round_profile.py`` reports.
@@ -120,6 +124,7 @@ def speculative_generate(
                 draft_hidden, bonus, embed_weight, draft_lm_head, head,
                 shift_label=config.shift_label, pure_draft_prefix_len=config.pure_draft_prefix_len,
                 sampling=None if point_mass_drafts else sampling, generator=generator,
+                draft_temperature_scale=draft_temperature_scale,
             )
             if point_mass_drafts and sampling is not None:
                 block = DraftBlock(block.tokens, F.one_hot(block.tokens, lm_head_weight.shape[0]).float())

@@ -63,6 +63,34 @@ def drafting_lm_head(lm_head_weight: torch.Tensor, choice: Optional[str] = None)
     return lm_head_weight if dtype == lm_head_weight.dtype else lm_head_weight.detach().to(dtype).contiguous()
 
 
+# Draft distribution at temperature T > 0: the filtered softmax of the corrected logits at T × this scale.
+DRAFT_TEMPERATURE_SCALE_ENV = "SGLANG_DOMINO_DRAFT_TEMPERATURE_SCALE"
+DEFAULT_DRAFT_TEMPERATURE_SCALE = 0.6
+
+
+def resolve_draft_temperature_scale(choice: Optional[float] = None) -> float:
+    """The draft temperature scale s: ``choice``, else ``$SGLANG_DOMINO_DRAFT_TEMPERATURE_SCALE``, else 0.6.
+
+    At temperature T each draft slot is drawn from q = filtered softmax(logits / (T·s)) and verified with q's
+    own probabilities, so the output distribution is the target's for every s > 0 (lossless). What s changes is
+    acceptance, Σ min(p, q) per slot: s = 1 samples the drafter's own distribution, s → 0 approaches greedy
+    drafts verified as point masses (upstream SGLang's rule). A drafter that is less certain than the target
+    gains from a sharper q: with drafter v4 at T = 0.7, τ was 1.28 at s = 1, 1.28 for point masses, 1.36 at
+    s = 0.6 and 1.32 at s = 0.35 (16 held-out prompts × 2 seeds,
+    ``benchmarks/results/exploration/draft_temperature_sweep_v4_t07.py``).
+    """
+    if choice is None:
+        raw = os.environ.get(DRAFT_TEMPERATURE_SCALE_ENV, "").strip()
+        try:
+            choice = float(raw) if raw else DEFAULT_DRAFT_TEMPERATURE_SCALE
+        except ValueError:
+            raise ValueError(f"{DRAFT_TEMPERATURE_SCALE_ENV}={raw!r}: expected a number > 0") from None
+    if not (0.0 < float(choice) < float("inf")):
+        raise ValueError(f"draft temperature scale must be a finite number > 0, got {choice!r} "
+                         f"(${DRAFT_TEMPERATURE_SCALE_ENV} or --draft-temperature-scale)")
+    return float(choice)
+
+
 def proposal_hidden(draft_hidden: torch.Tensor, shift_label: bool) -> torch.Tensor:
     """The slots that make proposals: [N, B, H] -> [N, B−1, H].
 
@@ -78,11 +106,15 @@ def proposal_hidden(draft_hidden: torch.Tensor, shift_label: bool) -> torch.Tens
     return draft_hidden[:, start : start + block - 1]
 
 
-def make_sampling_selector(params: SamplingParams, generator: Optional[torch.Generator] = None):
-    """Slot selector drawing from the filtered draft distribution; returns (tokens, probs)."""
+def make_sampling_selector(params: SamplingParams, generator: Optional[torch.Generator] = None,
+                           temperature_scale: float = 1.0):
+    """Slot selector drawing from the filtered draft distribution at ``temperature_scale`` × the request's
+    temperature; returns (tokens, probs) -- the probabilities the tokens were drawn from, which verification
+    needs."""
+    draft_params = params.with_temperature_scale(temperature_scale)
 
     def select(logits: torch.Tensor, slot: int) -> tuple[torch.Tensor, torch.Tensor]:
-        probs = filtered_probs(logits, params)
+        probs = filtered_probs(logits, draft_params)
         return sample_from(probs, generator), probs
 
     return select
@@ -100,6 +132,7 @@ def draft_from_hidden(
     pure_draft_prefix_len: int,
     sampling: Optional[SamplingParams] = None,
     generator: Optional[torch.Generator] = None,
+    draft_temperature_scale: Optional[float] = None,
 ) -> DraftBlock:
     """Draft B−1 tokens from the backbone output.
 
@@ -110,7 +143,9 @@ def draft_from_hidden(
             precision the base logits are computed in (:func:`drafting_lm_head`); the logits are then brought to
             ``draft_hidden``'s dtype, in which the correction is added.
         head: Domino head tensors, or None for base logits only (plain DFlash).
-        sampling: None = greedy; otherwise each slot is drawn from the filtered softmax of its corrected logits.
+        sampling: None = greedy; otherwise each slot is drawn from the filtered softmax of its corrected logits
+            at the request's temperature × ``draft_temperature_scale`` (:func:`resolve_draft_temperature_scale`; None =
+            ``$SGLANG_DOMINO_DRAFT_TEMPERATURE_SCALE`` or the default), returned as ``probs`` for verification.
     """
     z = proposal_hidden(draft_hidden, shift_label)
     if bonus_tokens.shape != draft_hidden.shape[:1]:
@@ -123,7 +158,7 @@ def draft_from_hidden(
     if sampling is None:
         tokens, _ = kernels.correction_loop(base_logits, z, bonus_tokens, embed_weight, head, pure_draft_prefix_len)
         return DraftBlock(tokens)
-    select = make_sampling_selector(sampling, generator)
+    select = make_sampling_selector(sampling, generator, resolve_draft_temperature_scale(draft_temperature_scale))
     tokens, probs = kernels.correction_loop(
         base_logits, z, bonus_tokens, embed_weight, head, pure_draft_prefix_len, select=select
     )
@@ -141,12 +176,13 @@ def greedy_rollout(drafter, draft_hidden: torch.Tensor, bonus_tokens: torch.Tens
 
 def sampling_rollout(drafter, draft_hidden: torch.Tensor, bonus_tokens: torch.Tensor, embed_weight: torch.Tensor,
                      lm_head_weight: torch.Tensor, sampling: SamplingParams,
-                     generator: Optional[torch.Generator] = None) -> tuple[torch.Tensor, torch.Tensor]:
+                     generator: Optional[torch.Generator] = None,
+                     draft_temperature_scale: Optional[float] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Sampled Domino drafts -> (tokens [N, B−1], draft probabilities [N, B−1, V])."""
     block = draft_from_hidden(
         draft_hidden, bonus_tokens, embed_weight, lm_head_weight, drafter.head_weights(),
         shift_label=drafter.config.shift_label, pure_draft_prefix_len=drafter.config.pure_draft_prefix_len,
-        sampling=sampling, generator=generator,
+        sampling=sampling, generator=generator, draft_temperature_scale=draft_temperature_scale,
     )
     assert block.probs is not None
     return block.tokens, block.probs

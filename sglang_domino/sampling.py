@@ -42,6 +42,12 @@ class SamplingParams:
         rep = lambda t: None if t is None else t.repeat_interleave(times, dim=0)  # noqa: E731
         return SamplingParams(rep(self.temperature), rep(self.top_k), rep(self.top_p), rep(self.min_p))
 
+    def with_temperature_scale(self, scale: float) -> "SamplingParams":
+        """The same parameters at ``scale`` × the temperature (greedy rows stay greedy)."""
+        if scale == 1.0:
+            return self
+        return SamplingParams(self.temperature * scale, self.top_k, self.top_p, self.min_p)
+
     @property
     def is_greedy(self) -> torch.Tensor:
         return self.temperature < GREEDY_TEMPERATURE

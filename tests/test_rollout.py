@@ -94,6 +94,46 @@ def test_sampling_rollout_returns_the_distributions_it_drew_from() -> None:
     assert bool(((probs > 0).sum(-1) <= 20).all())  # top-k honoured
 
 
+def test_sampled_drafts_come_from_the_scaled_temperature() -> None:
+    """With scale s the drafts are drawn from (and returned with) the filtered softmax at T·s: the returned
+    probabilities of slot 0 equal filtered_probs of its corrected logits at that temperature, and s < 1 sharpens."""
+    from sglang_domino.sampling import filtered_probs
+
+    drafter = random_drafter(seed=4, scale=3.0)
+    embedding, lm_head, draft_hidden, bonus = _inputs(4, drafter.config.block_size)
+    params = SamplingParams.uniform(4, temperature=0.7, top_p=0.95)
+    _, probs_1 = sampling_rollout(drafter, draft_hidden, bonus, embedding.weight, lm_head, params,
+                                  torch.Generator().manual_seed(0), draft_temperature_scale=1.0)
+    _, probs_s = sampling_rollout(drafter, draft_hidden, bonus, embedding.weight, lm_head, params,
+                                  torch.Generator().manual_seed(0), draft_temperature_scale=0.5)
+    # Slot 0's corrected logits do not depend on what was drawn: recover them (up to a per-row constant) from the
+    # unfiltered softmax at T = 1, then apply T·s = 0.35 with the same top-p.
+    full = sampling_rollout(drafter, draft_hidden, bonus, embedding.weight, lm_head,
+                            SamplingParams.uniform(4, temperature=1.0), torch.Generator().manual_seed(0),
+                            draft_temperature_scale=1.0)[1][:, 0]
+    logits_0 = torch.log(full)
+    expected = filtered_probs(logits_0, SamplingParams.uniform(4, temperature=0.35, top_p=0.95))
+    assert torch.allclose(probs_s[:, 0], expected, atol=1e-5)
+    assert bool((probs_s.amax(-1) >= probs_1.amax(-1) - 1e-6).all())  # sharper
+    with pytest.raises(ValueError, match="finite number > 0"):
+        sampling_rollout(drafter, draft_hidden, bonus, embedding.weight, lm_head, params, draft_temperature_scale=0.0)
+
+
+def test_draft_temperature_scale_resolution(monkeypatch) -> None:
+    from sglang_domino import rollout
+
+    monkeypatch.delenv(rollout.DRAFT_TEMPERATURE_SCALE_ENV, raising=False)
+    assert rollout.resolve_draft_temperature_scale() == rollout.DEFAULT_DRAFT_TEMPERATURE_SCALE
+    assert rollout.resolve_draft_temperature_scale(1.0) == 1.0
+    monkeypatch.setenv(rollout.DRAFT_TEMPERATURE_SCALE_ENV, "0.8")
+    assert rollout.resolve_draft_temperature_scale() == 0.8  # the server's switch
+    assert rollout.resolve_draft_temperature_scale(0.5) == 0.5  # an explicit choice wins
+    for bad in ("nan", "-1", "inf"):
+        monkeypatch.setenv(rollout.DRAFT_TEMPERATURE_SCALE_ENV, bad)
+        with pytest.raises(ValueError):
+            rollout.resolve_draft_temperature_scale()
+
+
 def test_sampling_rollout_at_temperature_zero_is_greedy() -> None:
     drafter = random_drafter(seed=4, scale=30.0)
     embedding, lm_head, draft_hidden, bonus = _inputs(3, drafter.config.block_size)

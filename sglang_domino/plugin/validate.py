@@ -80,6 +80,20 @@ def check_drafter_checkpoint(draft_path: Optional[str]) -> DominoConfig:
         raise DominoServerArgsError(f"drafter {draft_path}: {exc}") from None
 
 
+def check_drafting_env() -> None:
+    """The worker's environment switches ($SGLANG_DOMINO_DRAFT_LOGITS_DTYPE, $SGLANG_DOMINO_DRAFT_TEMPERATURE_SCALE),
+    checked before any process starts so a typo is one line at launch, not a scheduler traceback."""
+    import torch
+
+    from sglang_domino.rollout import draft_logits_dtype, resolve_draft_temperature_scale
+
+    try:
+        draft_logits_dtype(torch.empty(0))
+        resolve_draft_temperature_scale()
+    except ValueError as exc:
+        raise DominoServerArgsError(str(exc)) from None
+
+
 def validate_server_args(args: Any) -> DominoConfig:
     """All checks; returns the drafter config. ``args`` is SGLang's ServerArgs (or its resolving stand-in)."""
     from sglang_domino.plugin import contract_error
@@ -88,6 +102,7 @@ def validate_server_args(args: Any) -> DominoConfig:
     if err is not None:
         raise DominoServerArgsError(str(err))
 
+    check_drafting_env()
     draft_path = _get(args, "speculative_draft_model_path")
     config = check_drafter_checkpoint(draft_path)
 

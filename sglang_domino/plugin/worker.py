@@ -47,7 +47,13 @@ from sglang.srt.speculative.dflash_worker_v2 import (
 from sglang_domino.config import DominoConfig
 from sglang_domino.kernels import DominoHeadWeights
 from sglang_domino.plugin.hooks import domino_worker_scope
-from sglang_domino.rollout import DRAFT_LOGITS_DTYPE_ENV, draft_from_hidden, draft_logits_dtype, drafting_lm_head
+from sglang_domino.rollout import (
+    DRAFT_LOGITS_DTYPE_ENV,
+    draft_from_hidden,
+    draft_logits_dtype,
+    resolve_draft_temperature_scale,
+    drafting_lm_head,
+)
 from sglang_domino.sampling import SamplingParams
 from sglang_domino.verify import VerifyResult, accepted_prefix_len, verify_greedy, verify_sampling
 
@@ -134,6 +140,8 @@ class DominoWorker(DFlashWorkerV2):
         # (fp32 serving) -- see hooks._extend_forward_kwargs.
         self.draft_model_runner.domino_keep_input_embeds_dtype = True
         self._drafting_lm_head: Optional[tuple[tuple[int, int, int], torch.Tensor]] = None
+        # Resolved once: a bad $SGLANG_DOMINO_DRAFT_TEMPERATURE_SCALE stops the server at start, not mid-request.
+        self._draft_temperature_scale = resolve_draft_temperature_scale()
         head = self.domino_head()
         target_lm_head_module = unwrap_lora_layer(self.target_worker.model_runner.model.lm_head)
         target_lm_head = target_lm_head_module.weight
@@ -141,12 +149,12 @@ class DominoWorker(DFlashWorkerV2):
             refuse_online_weight_updates(target_lm_head_module, draft_logits_dtype(target_lm_head))
         logger.info(
             "Domino worker ready: block_size=%d, shift_label=%s, pure_draft_prefix_len=%d, head=%s, device=%s, "
-            "draft logits in %s (target lm_head %s), exact full-vocabulary correction, sampling verify with draft "
-            "probabilities",
+            "draft logits in %s (target lm_head %s), exact full-vocabulary correction, sampled drafts at %.2f x the "
+            "request temperature verified with their probabilities",
             self.block_size, self.domino_config.shift_label, self.domino_config.pure_draft_prefix_len,
             "domino" if head is not None else "none (plain DFlash backbone)", self.device,
             str(draft_logits_dtype(target_lm_head)).removeprefix("torch."),
-            str(target_lm_head.dtype).removeprefix("torch."),
+            str(target_lm_head.dtype).removeprefix("torch."), self._draft_temperature_scale,
         )
 
     # ---------------------------------------------------------------- weights
@@ -209,7 +217,7 @@ class DominoWorker(DFlashWorkerV2):
             draft_hidden, anchor_token_ids.to(torch.int64), embed_weight, lm_head_weight, self.domino_head(),
             shift_label=bool(self.domino_config.shift_label),
             pure_draft_prefix_len=int(self.domino_config.pure_draft_prefix_len),
-            sampling=params,
+            sampling=params, draft_temperature_scale=self._draft_temperature_scale,
         )
         self._domino_pending = (block.probs, params)
         return block.tokens

@@ -155,3 +155,14 @@ def test_failed_contract_check_refuses_domino(pair, monkeypatch) -> None:
     monkeypatch.setattr(plugin, "_contract_error", ContractError(
         "SGLang contract check failed: sglang.srt.x.Y is missing (needed); pinned"))
     assert "sglang.srt.x.Y is missing" in refused(args(target, draft))
+
+
+@pytest.mark.parametrize("env, value, expected", [
+    ("SGLANG_DOMINO_DRAFT_LOGITS_DTYPE", "fp8", "SGLANG_DOMINO_DRAFT_LOGITS_DTYPE='fp8'"),
+    ("SGLANG_DOMINO_DRAFT_TEMPERATURE_SCALE", "sharp", "SGLANG_DOMINO_DRAFT_TEMPERATURE_SCALE='sharp'"),
+    ("SGLANG_DOMINO_DRAFT_TEMPERATURE_SCALE", "0", "must be a finite number > 0"),
+])
+def test_bad_drafting_env_refused_at_launch(pair, monkeypatch, env: str, value: str, expected: str) -> None:
+    target, draft = pair
+    monkeypatch.setenv(env, value)
+    assert expected in refused(args(target, draft))
