@@ -51,8 +51,8 @@ from sglang_domino.rollout import (
     DRAFT_LOGITS_DTYPE_ENV,
     draft_from_hidden,
     draft_logits_dtype,
-    resolve_draft_temperature_scale,
     drafting_lm_head,
+    resolve_draft_temperature_scale,
 )
 from sglang_domino.sampling import SamplingParams
 from sglang_domino.verify import VerifyResult, accepted_prefix_len, verify_greedy, verify_sampling
@@ -145,15 +145,16 @@ class DominoWorker(DFlashWorkerV2):
         head = self.domino_head()
         target_lm_head_module = unwrap_lora_layer(self.target_worker.model_runner.model.lm_head)
         target_lm_head = target_lm_head_module.weight
-        if draft_logits_dtype(target_lm_head) != target_lm_head.dtype:
-            refuse_online_weight_updates(target_lm_head_module, draft_logits_dtype(target_lm_head))
+        drafting_dtype = draft_logits_dtype(target_lm_head)
+        if drafting_dtype != target_lm_head.dtype:
+            refuse_online_weight_updates(target_lm_head_module, drafting_dtype)
         logger.info(
             "Domino worker ready: block_size=%d, shift_label=%s, pure_draft_prefix_len=%d, head=%s, device=%s, "
             "draft logits in %s (target lm_head %s), exact full-vocabulary correction, sampled drafts at %.2f x the "
             "request temperature verified with their probabilities",
             self.block_size, self.domino_config.shift_label, self.domino_config.pure_draft_prefix_len,
             "domino" if head is not None else "none (plain DFlash backbone)", self.device,
-            str(draft_logits_dtype(target_lm_head)).removeprefix("torch."),
+            str(drafting_dtype).removeprefix("torch."),
             str(target_lm_head.dtype).removeprefix("torch."), self._draft_temperature_scale,
         )
 
