@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from transformers.cache_utils import DynamicCache
 
 from sglang_domino.modeling import DominoDrafter
-from sglang_domino.rollout import DraftBlock, draft_from_hidden, drafting_lm_head
+from sglang_domino.rollout import DraftBlock, draft_from_hidden, drafting_lm_head, resolve_draft_temperature_scale
 from sglang_domino.sampling import SamplingParams, filtered_probs, sample_from
 from sglang_domino.verify import verify_greedy, verify_sampling
 
@@ -105,6 +105,8 @@ def speculative_generate(
     embed_weight = target.get_input_embeddings().weight
     lm_head_weight = target.get_output_embeddings().weight
     draft_lm_head = drafting_lm_head(lm_head_weight, draft_logits_dtype)
+    # Resolved once, not per round (only sampled drafts use it).
+    temperature_scale = None if sampling is None else resolve_draft_temperature_scale(draft_temperature_scale)
     head = drafter.head_weights() if use_head else None
     eos = set(int(t) for t in eos_token_ids)
 
@@ -124,7 +126,7 @@ def speculative_generate(
                 draft_hidden, bonus, embed_weight, draft_lm_head, head,
                 shift_label=config.shift_label, pure_draft_prefix_len=config.pure_draft_prefix_len,
                 sampling=None if point_mass_drafts else sampling, generator=generator,
-                draft_temperature_scale=draft_temperature_scale,
+                draft_temperature_scale=temperature_scale,
             )
             if point_mass_drafts and sampling is not None:
                 block = DraftBlock(block.tokens, F.one_hot(block.tokens, lm_head_weight.shape[0]).float())
