@@ -34,6 +34,14 @@ batches that would otherwise crash, and calls the original otherwise. Every targ
    (square attention over the whole context); in a Domino process, extends that follow a cached prefix (the
    verify and the draft block of every speculative step) compute only the new tokens' rows
    (:func:`sdpa_new_tokens_only`, the same attention). Prefills without a prefix keep upstream's kernel.
+
+Three more hooks are not Domino-specific: CPU fast paths (:mod:`.cpu_fast_paths`, same results) in every process
+of a CPU server that loads the plugin, plain serving included, so a benchmark compares plain, backbone and Domino
+servers on the same kernels:
+
+8. ``UnquantizedLinearMethod.apply`` and 9. ``LogitsProcessor._compute_lm_head`` (its plain-weight branch): small
+   float32 batches as ``(W @ xᵀ)ᵀ``.
+10. ``TorchNativeAttnBackend._run_sdpa_forward_decode``: the per-request key gather with ``index_select``.
 """
 
 from __future__ import annotations
@@ -43,6 +51,8 @@ import contextvars
 import copy
 import logging
 from typing import Any, Iterator
+
+from sglang_domino.plugin import cpu_fast_paths
 
 logger = logging.getLogger(__name__)
 
@@ -184,13 +194,17 @@ def sdpa_new_tokens_only(query, output, k_cache, v_cache, req_to_token, req_pool
 
     q_heads_first = query.movedim(0, 1)  # [heads, tokens, dim]
     start = 0
-    for i in range(int(seq_lens.shape[0])):
-        n, total = int(extend_seq_lens[i]), int(seq_lens[i])
-        prefix = int(extend_prefix_lens[i])
+    # Python ints up front: one conversion per tensor instead of one per request and field.
+    new_lens, totals, prefixes = extend_seq_lens.tolist(), seq_lens.tolist(), extend_prefix_lens.tolist()
+    pool_rows = req_pool_indices.tolist()
+    for i in range(len(totals)):
+        n, total, prefix = int(new_lens[i]), int(totals[i]), int(prefixes[i])
         q = q_heads_first[:, start : start + n]
-        slots = req_to_token[req_pool_indices[i], :total]
-        k = k_cache[slots].movedim(0, 1)
-        v = v_cache[slots].movedim(0, 1)
+        slots = req_to_token[pool_rows[i], :total]
+        # index_select, not k_cache[slots]: in a busy scheduler the advanced-indexing gather cost ~2x the
+        # attention itself on CPU (py-spy, 2026-12-03); index_select copies the rows directly.
+        k = k_cache.index_select(0, slots).movedim(0, 1)
+        v = v_cache.index_select(0, slots).movedim(0, 1)
         if k.dtype != q.dtype:
             k, v = k.to(q.dtype), v.to(q.dtype)
         mask = None
@@ -252,6 +266,10 @@ HOOKS = (
     ("sglang.srt.model_executor.model_runner.ModelRunner._extend_forward_kwargs", _extend_forward_kwargs),
     ("sglang.srt.arg_groups.speculative_hook._resolve_speculative_algorithm_alias",
      _resolve_speculative_algorithm_alias),
+    ("sglang.srt.layers.quantization.unquant.UnquantizedLinearMethod.apply", cpu_fast_paths.unquantized_linear_apply),
+    ("sglang.srt.layers.logits_processor.LogitsProcessor._compute_lm_head", cpu_fast_paths.compute_lm_head),
+    ("sglang.srt.layers.attention.torch_native_backend.TorchNativeAttnBackend._run_sdpa_forward_decode",
+     cpu_fast_paths.sdpa_decode),
 )
 
 _registered = False

@@ -102,7 +102,8 @@ def test_hooks_target_contract_names() -> None:
 
 
 def test_plain_server_unaffected_by_plugin_load() -> None:
-    """Loading the plugin registers hooks that change nothing outside a DominoWorker / TARGET_VERIFY."""
+    """Loading the plugin registers hooks that change nothing outside a DominoWorker / TARGET_VERIFY (the CPU fast
+    paths, which do apply to plain servers, give the same results: tests/plugin/test_cpu_fast_paths.py)."""
     from sglang_domino.plugin.hooks import _VerifyAsExtend, building_domino_worker
 
     assert building_domino_worker.get() is False

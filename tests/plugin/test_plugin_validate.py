@@ -161,6 +161,7 @@ def test_failed_contract_check_refuses_domino(pair, monkeypatch) -> None:
     ("SGLANG_DOMINO_DRAFT_LOGITS_DTYPE", "fp8", "SGLANG_DOMINO_DRAFT_LOGITS_DTYPE='fp8'"),
     ("SGLANG_DOMINO_DRAFT_TEMPERATURE_SCALE", "sharp", "SGLANG_DOMINO_DRAFT_TEMPERATURE_SCALE='sharp'"),
     ("SGLANG_DOMINO_DRAFT_TEMPERATURE_SCALE", "0", "must be a finite number > 0"),
+    ("SGLANG_DOMINO_CPU_FAST_PATHS", "maybe", "SGLANG_DOMINO_CPU_FAST_PATHS='maybe'"),
 ])
 def test_bad_drafting_env_refused_at_launch(pair, monkeypatch, env: str, value: str, expected: str) -> None:
     target, draft = pair

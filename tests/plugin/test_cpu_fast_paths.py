@@ -1,0 +1,134 @@
+"""The CPU fast paths installed in every SGLang process (plugin/cpu_fast_paths.py) compute what upstream computes."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sglang_domino.plugin import cpu_fast_paths
+from sglang_domino.plugin.cpu_fast_paths import MAX_ROWS, applies, parse_switch, small_batch_linear
+
+
+@pytest.fixture(autouse=True)
+def _fresh_switch(monkeypatch):
+    monkeypatch.delenv(cpu_fast_paths.ENV_SWITCH, raising=False)
+    cpu_fast_paths.enabled.cache_clear()
+    yield
+    cpu_fast_paths.enabled.cache_clear()
+
+
+@pytest.mark.parametrize("shape", [(1, 48), (2, 48), (4, 48), (7, 48), (MAX_ROWS, 48), (2, 3, 48)])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_small_batch_linear_equals_f_linear(shape, with_bias: bool) -> None:
+    g = torch.Generator().manual_seed(0)
+    x, weight = torch.randn(*shape, generator=g), torch.randn(80, 48, generator=g)
+    bias = torch.randn(80, generator=g) if with_bias else None
+    got = small_batch_linear(x, weight, bias)
+    assert got.shape == (*shape[:-1], 80) and got.is_contiguous()
+    torch.testing.assert_close(got, F.linear(x, weight, bias), rtol=1e-5, atol=1e-5)
+
+
+def test_applies_only_to_small_float32_cpu_batches_without_grad() -> None:
+    w = torch.randn(8, 4)
+    assert applies(torch.randn(3, 4), w)
+    assert not applies(torch.randn(MAX_ROWS + 1, 4), w)  # large batches: upstream's GEMM
+    assert not applies(torch.randn(3, 4, dtype=torch.bfloat16), w.bfloat16())  # bf16: oneDNN is fine
+    assert not applies(torch.randn(3, 4, device="meta"), w)
+    assert not applies(torch.randn(3, 5), w)
+    assert not applies(torch.randn(3, 4, requires_grad=True), w)
+    with torch.no_grad():
+        assert applies(torch.randn(3, 4, requires_grad=True), w)
+
+
+@pytest.mark.parametrize("value, expected", [(None, True), ("1", True), ("on", True), ("0", False), ("off", False)])
+def test_switch_values(value, expected: bool) -> None:
+    assert parse_switch(value) is expected
+
+
+def test_bad_switch_turns_paths_off_instead_of_failing_a_forward(monkeypatch) -> None:
+    with pytest.raises(ValueError, match="SGLANG_DOMINO_CPU_FAST_PATHS='maybe'"):
+        parse_switch("maybe")
+    monkeypatch.setenv(cpu_fast_paths.ENV_SWITCH, "maybe")
+    assert cpu_fast_paths.enabled() is False
+
+
+def _original(tag: str):
+    calls = []
+
+    def original(*args, **kwargs):
+        calls.append((args, kwargs))
+        return tag
+
+    return original, calls
+
+
+def test_linear_hook_uses_fast_path_or_defers_to_upstream(monkeypatch) -> None:
+    from sglang.srt.layers.quantization.unquant import UnquantizedLinearMethod
+
+    layer = SimpleNamespace(weight=torch.randn(16, 8))
+    x = torch.randn(4, 8)
+    upstream = UnquantizedLinearMethod.apply(UnquantizedLinearMethod(), layer, x, None)
+    original, calls = _original("upstream")
+    got = cpu_fast_paths.unquantized_linear_apply(original, None, layer, x, None)
+    torch.testing.assert_close(got, upstream, rtol=1e-5, atol=1e-5)
+    assert not calls
+    # bf16, an AMX-packed layer, a big batch, and the switch off: upstream's own code runs.
+    bf16 = SimpleNamespace(weight=layer.weight.bfloat16())
+    amx = SimpleNamespace(weight=layer.weight, use_intel_amx_backend=True)
+    assert cpu_fast_paths.unquantized_linear_apply(original, None, bf16, x.bfloat16(), None) == "upstream"
+    assert cpu_fast_paths.unquantized_linear_apply(original, None, amx, x, None) == "upstream"
+    assert cpu_fast_paths.unquantized_linear_apply(original, None, layer, torch.randn(MAX_ROWS + 1, 8), None) == "upstream"
+    monkeypatch.setenv(cpu_fast_paths.ENV_SWITCH, "0")
+    cpu_fast_paths.enabled.cache_clear()
+    assert cpu_fast_paths.unquantized_linear_apply(original, None, layer, x, None) == "upstream"
+    assert len(calls) == 4
+
+
+def test_lm_head_hook_equals_upstream_plain_branch() -> None:
+    from sglang.srt.layers.logits_processor import LogitsProcessor
+
+    processor = SimpleNamespace(use_fp32_lm_head=False, use_fp32_lm_head_output=False, rl_on_policy_target=None)
+    lm_head = SimpleNamespace(weight=torch.randn(100, 8), quant_method=None)
+    hidden = torch.randn(3, 8)
+    upstream = LogitsProcessor._compute_lm_head(processor, hidden, lm_head, None)
+    got = cpu_fast_paths.compute_lm_head(LogitsProcessor._compute_lm_head, processor, hidden, lm_head, None,
+                                         out=torch.empty(3, 100))
+    torch.testing.assert_close(got, upstream, rtol=1e-5, atol=1e-5)
+    # Other branches stay upstream's: an embedding bias, the fp32-lm_head option.
+    original, calls = _original("upstream")
+    assert cpu_fast_paths.compute_lm_head(original, processor, hidden, lm_head, torch.zeros(100)) == "upstream"
+    fp32_option = SimpleNamespace(**{**vars(processor), "use_fp32_lm_head": True})
+    assert cpu_fast_paths.compute_lm_head(original, fp32_option, hidden, lm_head, None) == "upstream"
+    assert len(calls) == 2
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2])
+def test_decode_attention_hook_equals_upstream(kv_heads: int) -> None:
+    from sglang.srt.layers.attention.torch_native_backend import TorchNativeAttnBackend
+
+    g = torch.Generator().manual_seed(1)
+    heads, dim, pool = 4, 8, 120
+    seq_lens = torch.tensor([17, 1, 40])
+    k_cache = torch.randn(pool, kv_heads, dim, generator=g)
+    v_cache = torch.randn(pool, kv_heads, dim, generator=g)
+    req_to_token = torch.zeros(4, 64, dtype=torch.int32)
+    perm = torch.randperm(pool, generator=g)
+    used = 0
+    for row, n in zip((2, 0, 3), seq_lens.tolist()):
+        req_to_token[row, :n] = perm[used : used + n].int()
+        used += n
+    req_pool_indices = torch.tensor([2, 0, 3])
+    query = torch.randn(3, heads, dim, generator=g)
+    args = (k_cache, v_cache, req_to_token, req_pool_indices, seq_lens)
+    kw = dict(scaling=0.25, enable_gqa=kv_heads != heads)
+    expected = TorchNativeAttnBackend._run_sdpa_forward_decode(None, query.clone(), torch.zeros_like(query), *args, **kw)
+    got = cpu_fast_paths.sdpa_decode(TorchNativeAttnBackend._run_sdpa_forward_decode, None, query.clone(),
+                                     torch.zeros_like(query), *args, **kw)
+    assert torch.equal(got, expected)  # the same SDPA over the same keys: bit-identical
+    original, calls = _original("upstream")
+    assert cpu_fast_paths.sdpa_decode(original, None, query, torch.zeros_like(query), *args,
+                                      sliding_window_size=8, **kw) == "upstream"
+    assert len(calls) == 1
