@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from loadgen import run_level  # noqa: E402
 
 from sglang_domino.evaluate import load_config_block_size  # noqa: E402
+from sglang_domino.plugin.cpu_fast_paths import ENV_SWITCH as CPU_FAST_PATHS_ENV  # noqa: E402
 from sglang_domino.resume import append_row, read_rows, start_rows  # noqa: E402
 from sglang_domino.rollout import DRAFT_LOGITS_DTYPE_ENV  # noqa: E402
 
@@ -160,10 +161,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     # Resume: finished levels of an interrupted run with the same settings are kept (one JSON line each).
     weights = draft / "model.safetensors"
     draft_logits_choice = os.environ.get(DRAFT_LOGITS_DTYPE_ENV) or "auto"  # the servers inherit it
+    cpu_fast_paths = os.environ.get(CPU_FAST_PATHS_ENV) or "1"  # likewise, for all three servers
     settings = {"target": str(target), "draft": str(draft), "draft_weights": [weights.stat().st_size,
                 weights.stat().st_mtime_ns], "prompts": str(prompts), "max_new_tokens": args.max_new_tokens,
                 "num_prompts": args.num_prompts, "server_args": extra, "block_size": args.block_size,
-                "repeats": args.repeats, "draft_logits_dtype": draft_logits_choice}
+                "repeats": args.repeats, "draft_logits_dtype": draft_logits_choice, "cpu_fast_paths": cpu_fast_paths}
     levels_path = out_json.with_name(out_json.name + ".levels.jsonl")
     levels = [lv for lv in read_rows(levels_path, settings) if lv["concurrency"] in levels_c]
     if not levels:
@@ -224,7 +226,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     levels.sort(key=lambda lv: lv["concurrency"])
     result = {"target": str(target), "draft": str(draft), "max_new_tokens": args.max_new_tokens,
               "server_args": extra, "block_size": args.block_size or load_config_block_size(draft),
-              "repeats": args.repeats, "draft_logits_dtype": draft_logits_choice, "levels": levels}
+              "repeats": args.repeats, "draft_logits_dtype": draft_logits_choice, "cpu_fast_paths": cpu_fast_paths,
+              "levels": levels}
     out_json.write_text(json.dumps(result, indent=2))
     table = markdown_table(levels)
     out_json.with_suffix(".md").write_text(table + "\n")
