@@ -6,7 +6,8 @@ Offline loop, embedded pair (drafter v4), float32, first 16 held-out prompts × 
     python benchmarks/results/exploration/draft_temperature_sweep_v4_t07.py pm,0.6 16 OUT.jsonl
 The committed results (``draft_temperature_sweep_v4_t07.jsonl``) were measured with this script before the
 ``draft_temperature_scale`` parameter existed: it then swapped ``rollout.make_sampling_selector`` for one drawing at
-T·s -- the same distribution the parameter now selects.
+T·s -- the same distribution the parameter now selects. (Its records then had no "temperature"/"prompts" fields.)
+``draft_temperature_sweep_v4_t10.py`` runs this at temperature 1.0.
 """
 import json
 import sys
@@ -46,7 +47,7 @@ def main() -> None:
                                            draft_temperature_scale=scale)
                 accepted += sum(out.accept_lengths)
                 steps += out.verify_steps
-        record = {"variant": variant, "tau": accepted / steps, "steps": steps, "tokens": accepted,
+        record = {"temperature": TEMPERATURE, "prompts": n, "variant": variant, "tau": accepted / steps, "steps": steps, "tokens": accepted,
                   "seconds": round(time.time() - start)}
         print(json.dumps(record), flush=True)
         with open(out_path, "a") as fh:
