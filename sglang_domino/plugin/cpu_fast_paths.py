@@ -9,8 +9,8 @@
 Both are installed for plain servers too, so a benchmark compares plain, backbone and Domino servers on the same
 kernels. ``SGLANG_DOMINO_CPU_FAST_PATHS=0`` turns both off (upstream's code runs unchanged).
 
-Why the linear path: on this machine kind (2 cores, AVX-512, no AMX) ``F.linear(x, W)`` for a float32 ``x`` of 1-16 rows runs
-at 10-20 GB/s, well below what the memory system gives: for one row MKL's gemv is slow, and for a few rows
+Why the linear path: on this machine kind (2 cores, AVX-512, no AMX) ``F.linear(x, W)`` for a float32 ``x`` of
+1-16 rows runs at 10-20 GB/s, well below what the memory system gives: for one row MKL's gemv is slow, and for a few rows
 its sgemm packs the *weight* (the large operand) on every call. A speculative verify is exactly such a call
 (``batch × draft_tokens`` rows), so on CPU it paid ~1.7× a plain decode step for the target's linears alone
 while the weights read are the same. Written as ``(W @ xᵀ)ᵀ`` MKL packs the small operand instead. Measured
@@ -95,8 +95,8 @@ def small_batch_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[tor
 def unquantized_linear_apply(original, self, layer, x, bias=None, *args, **kwargs):
     """``UnquantizedLinearMethod.apply``: every dense linear of the target (and of SGLang-run drafters)."""
     weight = getattr(layer, "weight", None)
-    if (not args and not kwargs and isinstance(weight, torch.Tensor) and not getattr(layer, "use_intel_amx_backend", False)
-            and applies(x, weight) and enabled()):
+    if (not args and not kwargs and isinstance(weight, torch.Tensor)
+            and not getattr(layer, "use_intel_amx_backend", False) and applies(x, weight) and enabled()):
         return small_batch_linear(x, weight, bias)
     return original(self, layer, x, bias, *args, **kwargs)
 
@@ -110,8 +110,8 @@ def compute_lm_head(original, self, hidden_states, lm_head, embedding_bias=None,
     from sglang.srt.layers import logits_processor
 
     weight = getattr(lm_head, "weight", None)
-    if (not args and not kwargs and embedding_bias is None and isinstance(weight, torch.Tensor) and hidden_states.dim() == 2
-            and not (hasattr(lm_head, "set_lora") and hasattr(lm_head, "apply_lora"))
+    if (not args and not kwargs and embedding_bias is None and isinstance(weight, torch.Tensor)
+            and hidden_states.dim() == 2 and not (hasattr(lm_head, "set_lora") and hasattr(lm_head, "apply_lora"))
             and not logits_processor.should_apply_lm_head_quant_method(lm_head, getattr(lm_head, "quant_method", None))
             and not getattr(lm_head, "use_intel_amx_backend", False)
             and not getattr(self, "use_fp32_lm_head", False) and getattr(self, "rl_on_policy_target", None) is None

@@ -195,12 +195,10 @@ def sdpa_new_tokens_only(query, output, k_cache, v_cache, req_to_token, req_pool
     q_heads_first = query.movedim(0, 1)  # [heads, tokens, dim]
     start = 0
     # Python ints up front: one conversion per tensor instead of one per request and field.
-    new_lens, totals, prefixes = extend_seq_lens.tolist(), seq_lens.tolist(), extend_prefix_lens.tolist()
-    pool_rows = req_pool_indices.tolist()
-    for i in range(len(totals)):
-        n, total, prefix = int(new_lens[i]), int(totals[i]), int(prefixes[i])
+    for n, total, prefix, pool_row in zip(extend_seq_lens.tolist(), seq_lens.tolist(), extend_prefix_lens.tolist(),
+                                          req_pool_indices.tolist()):
         q = q_heads_first[:, start : start + n]
-        slots = req_to_token[pool_rows[i], :total]
+        slots = req_to_token[pool_row, :total]
         # index_select, not k_cache[slots]: in a busy scheduler the advanced-indexing gather cost ~2x the
         # attention itself on CPU (py-spy, 2026-12-03); index_select copies the rows directly.
         k = k_cache.index_select(0, slots).movedim(0, 1)

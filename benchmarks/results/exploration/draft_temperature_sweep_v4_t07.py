@@ -47,8 +47,8 @@ def main() -> None:
                                            draft_temperature_scale=scale)
                 accepted += sum(out.accept_lengths)
                 steps += out.verify_steps
-        record = {"temperature": TEMPERATURE, "prompts": n, "variant": variant, "tau": accepted / steps, "steps": steps, "tokens": accepted,
-                  "seconds": round(time.time() - start)}
+        record = {"temperature": TEMPERATURE, "prompts": n, "variant": variant, "tau": accepted / steps,
+                  "steps": steps, "tokens": accepted, "seconds": round(time.time() - start)}
         print(json.dumps(record), flush=True)
         with open(out_path, "a") as fh:
             fh.write(json.dumps(record) + "\n")
