@@ -100,6 +100,8 @@ CONTRACT: tuple[Requirement, ...] = (
                  "encoder_lens", "scaling", "enable_gqa", "causal", "is_cross_attn", "sliding_window_size")),
     Requirement("sglang.srt.layers.logits_processor", "should_apply_lm_head_quant_method",
                 "the lm_head hook defers to upstream's quantized-lm_head test"),
+    Requirement("sglang.srt.utils.common", "use_intel_amx_backend",
+                "the linear hooks leave AMX-packed layers to upstream"),
     # --- conventions: attributes we set on upstream modules that upstream must still read
     Requirement("sglang.srt.model_executor.model_runner_components.weight_updater",
                 "_unsupported_derived_weight_cache_error",

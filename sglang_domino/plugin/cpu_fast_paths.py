@@ -4,7 +4,8 @@
    (:func:`small_batch_linear`; hooks on ``UnquantizedLinearMethod.apply`` and ``LogitsProcessor._compute_lm_head``).
 2. torch_native *decode* attention gathering each request's keys with ``index_select`` (:func:`sdpa_decode`):
    the same attention as upstream's ``_run_sdpa_forward_decode``; see
-   :func:`sglang_domino.plugin.hooks.sdpa_new_tokens_only`, which the verify and draft extends use.
+   :func:`sglang_domino.plugin.hooks.sdpa_new_tokens_only`, which the verify and draft extends use (both loop
+   through :func:`~sglang_domino.plugin.hooks.sdpa_over_requests`).
 
 Both are installed for plain servers too, so a benchmark compares plain, backbone and Domino servers on the same
 kernels. ``SGLANG_DOMINO_CPU_FAST_PATHS=0`` turns both off (upstream's code runs unchanged).
@@ -94,9 +95,11 @@ def small_batch_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[tor
 # The AROUND hooks (registered by :func:`sglang_domino.plugin.hooks.register_hooks`; targets in the contract).
 def unquantized_linear_apply(original, self, layer, x, bias=None, *args, **kwargs):
     """``UnquantizedLinearMethod.apply``: every dense linear of the target (and of SGLang-run drafters)."""
+    from sglang.srt.utils.common import use_intel_amx_backend
+
     weight = getattr(layer, "weight", None)
     if (not args and not kwargs and isinstance(weight, torch.Tensor)
-            and not getattr(layer, "use_intel_amx_backend", False) and applies(x, weight) and enabled()):
+            and not use_intel_amx_backend(layer) and applies(x, weight) and enabled()):
         return small_batch_linear(x, weight, bias)
     return original(self, layer, x, bias, *args, **kwargs)
 
@@ -108,12 +111,13 @@ def compute_lm_head(original, self, hidden_states, lm_head, embedding_bias=None,
     bias) stays upstream's. ``out`` (a logits buffer) is not used by that branch upstream either.
     """
     from sglang.srt.layers import logits_processor
+    from sglang.srt.utils.common import use_intel_amx_backend
 
     weight = getattr(lm_head, "weight", None)
     if (not args and not kwargs and embedding_bias is None and isinstance(weight, torch.Tensor)
             and hidden_states.dim() == 2 and not (hasattr(lm_head, "set_lora") and hasattr(lm_head, "apply_lora"))
             and not logits_processor.should_apply_lm_head_quant_method(lm_head, getattr(lm_head, "quant_method", None))
-            and not getattr(lm_head, "use_intel_amx_backend", False)
+            and not use_intel_amx_backend(lm_head)
             and not getattr(self, "use_fp32_lm_head", False) and getattr(self, "rl_on_policy_target", None) is None
             and applies(hidden_states, weight) and enabled()):
         return small_batch_linear(hidden_states, weight)
@@ -127,17 +131,18 @@ def sdpa_decode(original, self, query, output, k_cache, v_cache, req_to_token, r
 
     Upstream gathers each request's keys with ``k_cache[slots]``; in a busy CPU scheduler that gather cost about
     twice the attention itself (py-spy, 2026-12-03). This is the same SDPA over the same keys (decode is an
-    extend of one token after ``seq_len - 1`` cached ones) through :func:`~.hooks.sdpa_new_tokens_only`.
+    extend of one token after ``seq_len - 1`` cached ones) through :func:`~.hooks.sdpa_over_requests`.
     Encoder/cross attention and sliding windows stay upstream's.
     """
     plain = (not args and not kwargs and encoder_lens is None and not is_cross_attn
              and (sliding_window_size is None or sliding_window_size < 0))
     if plain and query.device.type == "cpu" and enabled():
-        from sglang_domino.plugin.hooks import sdpa_new_tokens_only
+        from sglang_domino.plugin.hooks import sdpa_over_requests
 
-        return sdpa_new_tokens_only(query, output, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens,
-                                    seq_lens - 1, torch.ones_like(seq_lens), scaling=scaling,
-                                    enable_gqa=enable_gqa, causal=False)
+        requests = ((1, total, total - 1, pool_row)
+                    for total, pool_row in zip(seq_lens.tolist(), req_pool_indices.tolist()))
+        return sdpa_over_requests(query, output, k_cache, v_cache, req_to_token, requests, scaling=scaling,
+                                  enable_gqa=enable_gqa, causal=False)
     return original(self, query, output, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens, encoder_lens,
                     scaling=scaling, enable_gqa=enable_gqa, causal=causal, is_cross_attn=is_cross_attn,
                     sliding_window_size=sliding_window_size, *args, **kwargs)

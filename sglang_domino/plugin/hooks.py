@@ -50,7 +50,7 @@ import contextlib
 import contextvars
 import copy
 import logging
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from sglang_domino.plugin import cpu_fast_paths
 
@@ -189,14 +189,26 @@ def sdpa_new_tokens_only(query, output, k_cache, v_cache, req_to_token, req_pool
     hundreds (the target's verify, the drafter's block), so on CPU this attention was 47 % of a Domino
     scheduler thread's time at 16 requests (py-spy, 2026-12-03). Same attention, n × length work instead.
     """
+    # Python ints up front: one conversion per tensor instead of one per request and field.
+    requests = zip(extend_seq_lens.tolist(), seq_lens.tolist(), extend_prefix_lens.tolist(),
+                   req_pool_indices.tolist())
+    return sdpa_over_requests(query, output, k_cache, v_cache, req_to_token, requests, scaling=scaling,
+                              enable_gqa=enable_gqa, causal=causal)
+
+
+def sdpa_over_requests(query, output, k_cache, v_cache, req_to_token, requests: Iterable[tuple[int, int, int, int]],
+                       *, scaling=None, enable_gqa: bool = False, causal: bool = True):
+    """The loop of :func:`sdpa_new_tokens_only` over ``(num_new, seq_len, prefix_len, pool_row)`` per request.
+
+    Decode (one new token after ``seq_len - 1`` cached keys) builds these tuples from its seq_lens directly, with
+    no per-layer tensors for the prefix and new-token counts.
+    """
     import torch
     import torch.nn.functional as F
 
     q_heads_first = query.movedim(0, 1)  # [heads, tokens, dim]
     start = 0
-    # Python ints up front: one conversion per tensor instead of one per request and field.
-    for n, total, prefix, pool_row in zip(extend_seq_lens.tolist(), seq_lens.tolist(), extend_prefix_lens.tolist(),
-                                          req_pool_indices.tolist()):
+    for n, total, prefix, pool_row in requests:
         q = q_heads_first[:, start : start + n]
         slots = req_to_token[pool_row, :total]
         # index_select, not k_cache[slots]: in a busy scheduler the advanced-indexing gather cost ~2x the
