@@ -46,6 +46,7 @@ from sglang.srt.speculative.dflash_worker_v2 import (
 
 from sglang_domino.config import DominoConfig
 from sglang_domino.kernels import DominoHeadWeights
+from sglang_domino.plugin import cpu_fast_paths
 from sglang_domino.plugin.hooks import domino_worker_scope
 from sglang_domino.rollout import (
     DRAFT_LOGITS_DTYPE_ENV,
@@ -98,16 +99,14 @@ def sampling_params_from_batch(sampling_info: Any, bs: int) -> Optional[Sampling
 def refuse_online_weight_updates(lm_head: torch.nn.Module, drafting_dtype: torch.dtype) -> None:
     """Make SGLang refuse online weight updates while drafts use a converted copy of ``lm_head``.
 
-    SGLang's ``update_weights_from_{disk,tensor,distributed,ipc}`` write through ``param.data``, which no version
-    counter sees, so the copy would silently go stale (outputs stay exact -- the target verifies with its live
-    head -- but acceptance would fall). SGLang's weight updater checks every module for
-    ``_derived_weight_cache_error`` before writing and answers the request with that message instead.
+    The copy would silently go stale (outputs stay exact -- the target verifies with its live head -- but
+    acceptance would fall); see :func:`sglang_domino.plugin.cpu_fast_paths.refuse_online_weight_updates`.
     """
-    lm_head._derived_weight_cache_error = (
+    cpu_fast_paths.refuse_online_weight_updates(
+        lm_head,
         f"Online weight updates are not supported while Domino drafts with a "
         f"{str(drafting_dtype).removeprefix('torch.')} copy of the target's lm_head: the copy would keep the old "
-        f"weights. Restart the server with {DRAFT_LOGITS_DTYPE_ENV}=float32 to use online weight "
-        f"updates."
+        f"weights. Restart the server with {DRAFT_LOGITS_DTYPE_ENV}=float32 to use online weight updates.",
     )
 
 

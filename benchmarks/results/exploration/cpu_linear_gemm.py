@@ -1,41 +1,44 @@
-"""Float32 linear cost on CPU for SmolLM2-135M's shapes: F.linear vs (W @ xᵀ)ᵀ (sglang_domino.plugin.cpu_fast_paths).
+"""Float32 linear cost on CPU for SmolLM2-135M's shapes: F.linear vs the paths of sglang_domino.plugin.cpu_fast_paths.
 
+small  = (W @ xᵀ)ᵀ (small_batch_linear); packed = oneDNN with the weight packed once (packed_linear).
 30 layers' qkv/o/gate_up/down weights + the lm_head (540 MB, so not cache-resident), 2 threads, min over 3 runs.
     python benchmarks/results/exploration/cpu_linear_gemm.py > benchmarks/results/exploration/cpu_linear_gemm.txt
 """
 import time
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
 
-from sglang_domino.plugin.cpu_fast_paths import small_batch_linear
+from sglang_domino.plugin.cpu_fast_paths import packed_linear, small_batch_linear
 
 torch.set_num_threads(2)
 torch.manual_seed(0)
 SHAPES = [(960, 576), (576, 576), (3072, 576), (576, 1536)]
-LAYERS = [[torch.randn(o, i) for (o, i) in SHAPES] for _ in range(30)]
-LM_HEAD = torch.randn(49152, 576)
+WEIGHTS = [torch.randn(o, i) for _ in range(30) for (o, i) in SHAPES] + [torch.randn(49152, 576)]  # + lm_head
+MODULES = [SimpleNamespace() for _ in WEIGHTS]  # where packed_linear keeps each packed weight
+PATHS = {
+    "F.linear": lambda x, w, m: F.linear(x, w),
+    "small": lambda x, w, m: small_batch_linear(x, w),
+    "packed": lambda x, w, m: packed_linear(m, x, w),
+}
 
 
 def forward(rows: int, linear) -> None:
-    x, x_wide = torch.randn(rows, 576), torch.randn(rows, 1536)
-    for weights in LAYERS:
-        for w in weights:
-            linear(x_wide if w.shape[1] == 1536 else x, w)
-    linear(x, LM_HEAD)
+    xs = {576: torch.randn(rows, 576), 1536: torch.randn(rows, 1536)}
+    for w, m in zip(WEIGHTS, MODULES):
+        linear(xs[w.shape[1]], w, m)
 
 
-print("rows | F.linear ms | small_batch_linear ms | ratio")
-for rows in (1, 2, 4, 8, 16, 64, 256):
-    best = {}
-    for name, fn in (("F.linear", F.linear), ("small_batch_linear", small_batch_linear)):
-        runs = []
-        for _ in range(3):
+print("rows | F.linear ms | small ms | packed ms | F.linear / packed")
+for rows in (1, 2, 3, 4, 8, 16, 32, 64, 256, 512):
+    best = {name: float("inf") for name in PATHS}
+    for _ in range(3):
+        for name, fn in PATHS.items():  # interleaved, so drift hits every path alike
             forward(rows, fn)
             t = time.perf_counter()
-            for _ in range(5):
+            for _ in range(3):
                 forward(rows, fn)
-            runs.append((time.perf_counter() - t) / 5 * 1e3)
-        best[name] = min(runs)
-    print(f"{rows} | {best['F.linear']:.1f} | {best['small_batch_linear']:.1f} | "
-          f"{best['F.linear'] / best['small_batch_linear']:.2f}x", flush=True)
+            best[name] = min(best[name], (time.perf_counter() - t) / 3 * 1e3)
+    print(f"{rows} | {best['F.linear']:.1f} | {best['small']:.1f} | {best['packed']:.1f} | "
+          f"{best['F.linear'] / best['packed']:.2f}x", flush=True)
