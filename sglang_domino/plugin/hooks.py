@@ -39,8 +39,8 @@ Three more hooks are not Domino-specific: CPU fast paths (:mod:`.cpu_fast_paths`
 of a CPU server that loads the plugin, plain serving included, so a benchmark compares plain, backbone and Domino
 servers on the same kernels:
 
-8. ``UnquantizedLinearMethod.apply`` and 9. ``LogitsProcessor._compute_lm_head`` (its plain-weight branch): small
-   float32 batches as ``(W @ xᵀ)ᵀ``.
+8. ``UnquantizedLinearMethod.apply`` and 9. ``LogitsProcessor._compute_lm_head`` (its plain-weight branch): float32
+   products of one or two rows as ``(W @ xᵀ)ᵀ``, of more rows through oneDNN with the weight packed once.
 10. ``TorchNativeAttnBackend._run_sdpa_forward_decode``: the per-request key gather with ``index_select``.
 """
 
