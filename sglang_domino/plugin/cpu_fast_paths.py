@@ -116,18 +116,20 @@ def packed_weight(module: Any, weight: torch.Tensor) -> torch.Tensor:
     """``module``'s oneDNN-packed copy of ``weight`` [out, in], made on first use and kept on the module.
 
     Remade when the weight is another tensor or was written through autograd-visible ops (its version counter).
+    The cache holds the weight it was made from, so its memory cannot be freed and reused by another tensor at
+    the same address; a view with the same address and geometry has the same values.
     """
-    key = (weight.data_ptr(), weight._version, tuple(weight.shape))
+    key = (weight.data_ptr(), tuple(weight.shape), weight.stride(), weight._version)
     cached = getattr(module, _PACKED_ATTR, None)
-    if cached is None or cached[0] != key:
-        packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), PACK_HINT_ROWS)
-        setattr(module, _PACKED_ATTR, (key, packed))
-        refuse_online_weight_updates(
-            module, f"Online weight updates are not supported while the Domino plugin's CPU fast paths keep "
-                    f"oneDNN-packed copies of the float32 weights (they would keep the old values); restart the "
-                    f"server with {ENV_SWITCH}=0 to use online weight updates.")
-        return packed
-    return cached[1]
+    if cached is not None and cached[1] == key:
+        return cached[2]
+    packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), PACK_HINT_ROWS)
+    setattr(module, _PACKED_ATTR, (weight, key, packed))
+    refuse_online_weight_updates(
+        module, f"Online weight updates are not supported while the Domino plugin's CPU fast paths keep "
+                f"oneDNN-packed copies of the float32 weights (they would keep the old values); restart the "
+                f"server with {ENV_SWITCH}=0 to use online weight updates.")
+    return packed
 
 
 def packed_linear(module: Any, x: torch.Tensor, weight: torch.Tensor,
