@@ -112,14 +112,20 @@ def refuse_online_weight_updates(module: Any, reason: str) -> None:
     setattr(module, DERIVED_WEIGHT_ERROR_ATTR, f"{existing} {reason}" if existing else reason)
 
 
-def packed_weight(module: Any, weight: torch.Tensor) -> torch.Tensor:
-    """``module``'s oneDNN-packed copy of ``weight`` [out, in], made on first use and kept on the module.
+def weight_copy_key(weight: torch.Tensor) -> tuple:
+    """When a copy derived from ``weight`` is stale: another tensor, or a write through autograd-visible ops.
 
-    Remade when the weight is another tensor or was written through autograd-visible ops (its version counter).
-    The cache holds the weight it was made from, so its memory cannot be freed and reused by another tensor at
-    the same address; a view with the same address and geometry has the same values.
+    Address, geometry and version counter. A cache keyed on it must hold ``weight`` itself, so that its memory
+    cannot be freed and reused by another tensor at the same address; a view with the same address and geometry
+    has the same values.
     """
-    key = (weight.data_ptr(), tuple(weight.shape), weight.stride(), weight._version)
+    return (weight.data_ptr(), tuple(weight.shape), weight.stride(), weight._version)
+
+
+def packed_weight(module: Any, weight: torch.Tensor) -> torch.Tensor:
+    """``module``'s oneDNN-packed copy of ``weight`` [out, in], made on first use and kept on the module
+    (remade when :func:`weight_copy_key` changes)."""
+    key = weight_copy_key(weight)
     cached = getattr(module, _PACKED_ATTR, None)
     if cached is not None and cached[1] == key:
         return cached[2]

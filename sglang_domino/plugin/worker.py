@@ -138,7 +138,8 @@ class DominoWorker(DFlashWorkerV2):
         # Upstream casts the block embeddings to bf16 before every draft forward; keep the draft's own dtype
         # (fp32 serving) -- see hooks._extend_forward_kwargs.
         self.draft_model_runner.domino_keep_input_embeds_dtype = True
-        self._drafting_lm_head: Optional[tuple[tuple[int, int, int], torch.Tensor]] = None
+        # (the sliced head it was made from, its weight_copy_key, the drafting copy)
+        self._drafting_lm_head: Optional[tuple[torch.Tensor, tuple, torch.Tensor]] = None
         # Resolved once: a bad $SGLANG_DOMINO_DRAFT_TEMPERATURE_SCALE stops the server at start, not mid-request.
         self._draft_temperature_scale = resolve_draft_temperature_scale()
         head = self.domino_head()
@@ -167,18 +168,18 @@ class DominoWorker(DFlashWorkerV2):
     def _target_weights(self, lm_head) -> tuple[torch.Tensor, torch.Tensor]:
         """(embed [V, H], drafting lm_head [V, H]); the latter in the drafting precision, converted once.
 
-        The converted copy is keyed by the head's storage and version counter: a swapped tensor or an autograd-
-        visible in-place write re-converts it. SGLang's online weight loaders write through ``param.data``, which
+        The converted copy is keyed by :func:`~sglang_domino.plugin.cpu_fast_paths.weight_copy_key` of the sliced
+        head (held with it): a swapped tensor or an autograd-visible in-place write re-converts it. SGLang's online weight loaders write through ``param.data``, which
         no counter sees; while a converted copy exists those updates are refused instead
         (:func:`refuse_online_weight_updates`)."""
         vocab = int(self.model_runner.model_config.vocab_size)
         target_model = self.target_worker.model_runner.model
         embed = unwrap_lora_layer(_resolve_dflash_embedding_module(self.draft_model, target_model))
-        weight = lm_head.weight
-        key = (weight.data_ptr(), weight._version, vocab)
-        if self._drafting_lm_head is None or self._drafting_lm_head[0] != key:
-            self._drafting_lm_head = (key, drafting_lm_head(weight[:vocab]))
-        return embed.weight[:vocab], self._drafting_lm_head[1]
+        weight = lm_head.weight[:vocab]
+        key = cpu_fast_paths.weight_copy_key(weight)
+        if self._drafting_lm_head is None or self._drafting_lm_head[1] != key:
+            self._drafting_lm_head = (weight, key, drafting_lm_head(weight))
+        return embed.weight[:vocab], self._drafting_lm_head[2]
 
     # ------------------------------------------------------------- overrides
     def _maybe_build_draft_sampler(self):
