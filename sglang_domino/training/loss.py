@@ -10,6 +10,11 @@ For every supervised slot ``k`` of a block (see :mod:`sglang_domino.training.mas
     w_k     = exp(−(k − offset)/γ)                           offset 0 (shift) / 1 (no shift)
     loss    = (1 − λ)·Σ w·CE(final)/(Σw + 1e-6) + λ·Σ w·CE(base)/(Σw + 1e-6)
 
+CE's target is the label ``x[a+k]`` (one-hot), or with distillation weight α the mix
+(1 − α)·one-hot + α·p_target, p_target = softmax(lm_head(target final hidden at a+k−1)): the target's whole
+next-token distribution, of which the label is the argmax (self-distilled data). It tells the drafter which
+tokens the target nearly chose, which one-hot labels from a small corpus cannot.
+
 The first corrected slot is ``pure_draft_prefix_len`` (shift) or ``1 + pure_draft_prefix_len`` (no shift),
 the same slots :func:`sglang_domino.kernels.correction_loop` corrects at inference, with the same GRU states
 when the drafted tokens equal the real ones (checked by the tests).
@@ -143,6 +148,19 @@ def teacher_forced_logits(
     return final, base
 
 
+def soft_label_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, teacher_probs: Optional[torch.Tensor],
+                             distill_weight: float) -> torch.Tensor:
+    """Per-row CE of logits [R, V] against (1 − α)·one-hot(labels [R]) + α·teacher_probs [R, V] -> [R].
+
+    α = 0 (or no teacher) is ``F.cross_entropy``. With α > 0 the minimum is the teacher's entropy, not 0."""
+    if teacher_probs is None or distill_weight <= 0:
+        return F.cross_entropy(logits, labels, reduction="none")
+    log_probs = logits.log_softmax(dim=-1)
+    hard = -log_probs.gather(1, labels[:, None]).squeeze(1)
+    soft = -(teacher_probs * log_probs).sum(dim=-1)
+    return (1.0 - distill_weight) * hard + distill_weight * soft
+
+
 def accept_length(correct: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """Consecutive correct predictions from the first slot, per block: [R, B] bool x2 -> [R] float.
 
@@ -165,6 +183,8 @@ def domino_loss(
     lam: float,
     gamma: float,
     loss_vocab: Optional[LossVocab] = None,
+    teacher_hidden: Optional[torch.Tensor] = None,
+    distill_weight: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The weighted base/final CE of all supervised slots, plus metrics.
 
@@ -177,6 +197,9 @@ def domino_loss(
         loss_vocab: compute the softmaxes over these tokens only (every label must be one of them); then
             ``lm_head_weight`` is the full [V, H] matrix and only its ``loss_vocab.ids`` rows are used, and the
             accuracy metrics are argmaxes over that vocabulary.
+        teacher_hidden: [N, W, B, H] the target's final hidden state predicting each slot's label
+            (:func:`~sglang_domino.training.masks.teacher_hidden_for_slots`); with ``distill_weight`` α > 0 the
+            CE targets become (1 − α)·one-hot + α·softmax(teacher logits) over the same vocabulary.
 
     Only the supervised slots go through the vocabulary projections (the dominant cost). Metrics:
     ``accept_len``/``base_accept_len`` are mean (consecutive correct + 1) over blocks with a supervised slot,
@@ -209,10 +232,16 @@ def domino_loss(
         if bool((y < 0).any()):
             raise ValueError("a label is outside the loss vocabulary (build it from the training tokens)")
     wt = weights.reshape(-1).index_select(0, rows)
+    probs_u = probs_c = None
+    if teacher_hidden is not None and distill_weight > 0:
+        with torch.no_grad():
+            th = teacher_hidden.reshape(-1, teacher_hidden.shape[-1]).index_select(0, rows)
+            teacher_probs = F.linear(th.to(z_u.dtype), lm_head_weight).float().softmax(dim=-1)
+            probs_u, probs_c = teacher_probs[:nu], teacher_probs[nu:]
     base_u = F.linear(z_u, lm_head_weight).float()
     base_c = F.linear(z_c, lm_head_weight).float()
-    ce_base_u = F.cross_entropy(base_u, y[:nu], reduction="none")
-    ce_base_c = F.cross_entropy(base_c, y[nu:], reduction="none")
+    ce_base_u = soft_label_cross_entropy(base_u, y[:nu], probs_u, distill_weight)
+    ce_base_c = soft_label_cross_entropy(base_c, y[nu:], probs_c, distill_weight)
     final_c = base_c
     ce_final_c = ce_base_c
     if drafter.use_head and rows_c.numel():
@@ -221,7 +250,7 @@ def domino_loss(
         )
         s_c = states.reshape(-1, states.shape[-1]).index_select(0, rows_c)
         final_c = base_c + head_correction(drafter.embed_proj, z_c, s_c, vocab_ids).float()
-        ce_final_c = F.cross_entropy(final_c, y[nu:], reduction="none")
+        ce_final_c = soft_label_cross_entropy(final_c, y[nu:], probs_c, distill_weight)
     ce_base = torch.cat((ce_base_u, ce_base_c))
     ce_final = torch.cat((ce_base_u, ce_final_c))
     den = wt.sum() + 1e-6
@@ -276,5 +305,6 @@ __all__ = [
     "head_correction",
     "lambda_schedule",
     "slot_weights",
+    "soft_label_cross_entropy",
     "teacher_forced_logits",
 ]

@@ -154,6 +154,23 @@ def block_prefix_ids(input_ids: torch.Tensor, anchors: torch.Tensor, block_size:
     return torch.gather(input_ids, 1, idx.reshape(n, w * block_size)).reshape(n, w, block_size)
 
 
+def teacher_hidden_for_slots(
+    teacher_hidden: torch.Tensor, anchors: torch.Tensor, block_size: int, shift_label: bool
+) -> torch.Tensor:
+    """The target's final hidden state that predicts each slot's label -> [N, W, B, H].
+
+    teacher_hidden [N, T, H] (the lm_head input at every position); a slot's label sits at ``a + k + shift``
+    (:func:`gather_labels`), so the target's distribution over it comes from position ``a + k + shift − 1``.
+    Positions outside the sequence are clamped (their slots are not valid, so they never count).
+    """
+    n, t, h = teacher_hidden.shape
+    w = anchors.shape[1]
+    shift = 1 if shift_label else 0
+    idx = (anchors[:, :, None] + torch.arange(block_size, device=anchors.device) + shift - 1).clamp(0, t - 1)
+    gathered = torch.gather(teacher_hidden, 1, idx.reshape(n, w * block_size, 1).expand(n, w * block_size, h))
+    return gathered.view(n, w, block_size, h)
+
+
 __all__ = [
     "block_input_ids",
     "block_positions",
@@ -162,5 +179,6 @@ __all__ = [
     "build_flex_block_mask",
     "gather_labels",
     "sample_anchors",
+    "teacher_hidden_for_slots",
     "valid_anchor_mask",
 ]

@@ -53,6 +53,7 @@ from sglang_domino.training.masks import (
     build_flex_block_mask,
     gather_labels,
     sample_anchors,
+    teacher_hidden_for_slots,
     valid_anchor_mask,
 )
 
@@ -140,6 +141,7 @@ class TrainBatch:
     loss_mask: torch.Tensor  # [N, T] bool (False on padding)
     lengths: torch.Tensor  # [N] int64
     features: torch.Tensor  # [N, T, n·H] target features (0 on padding)
+    teacher_hidden: Optional[torch.Tensor] = None  # [N, T, H] the target's final-normed hidden (lm_head input)
 
 
 def pad_batch(examples: Sequence[Example]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -200,21 +202,25 @@ class TargetFeatureExtractor:
     HF replaces the last entry of ``hidden_states`` by the final-normed output, so we keep ``max(id) + 2``
     layers (or all of them when the last layer is requested), which leaves every requested entry identical to
     the full model's (what :func:`sglang_domino.offline.target_features` reads at inference).
+
+    ``with_teacher``: run every layer and append the final-normed hidden state (the lm_head's input, H more
+    columns), from which the training loss recomputes the target's next-token distribution (``--distill-weight``).
     """
 
-    def __init__(self, model: nn.Module, layer_ids: Sequence[int]) -> None:
+    def __init__(self, model: nn.Module, layer_ids: Sequence[int], with_teacher: bool = False) -> None:
         self.model = model.eval()
         self.layer_ids = list(layer_ids)
+        self.with_teacher = bool(with_teacher)
         self.decoder = model.get_decoder() if hasattr(model, "get_decoder") else model.model
         layers = getattr(self.decoder, "layers", None)
         total = len(layers) if layers is not None else None
         self.keep = None if total is None else min(total, max(self.layer_ids) + 2)
-        if self.keep == total:
+        if self.keep == total or self.with_teacher:
             self.keep = None
 
     @torch.no_grad()
     def __call__(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """[N, T] token ids (any device) -> [N, T, n·H] on the model's device."""
+        """[N, T] token ids (any device) -> [N, T, n·H] (+H with ``with_teacher``) on the model's device."""
         device = next(self.model.parameters()).device
         input_ids = input_ids.to(device)
         attention_mask = attention_mask.to(device) if attention_mask is not None else None
@@ -226,7 +232,10 @@ class TargetFeatureExtractor:
                                output_hidden_states=True)
         finally:
             self.decoder.layers = layers
-        return torch.cat([out.hidden_states[i + 1] for i in self.layer_ids], dim=-1)
+        parts = [out.hidden_states[i + 1] for i in self.layer_ids]
+        if self.with_teacher:
+            parts.append(out.last_hidden_state)
+        return torch.cat(parts, dim=-1)
 
     def batched(self, sequences: Sequence[torch.Tensor], batch_tokens: int = 4096) -> list[torch.Tensor]:
         """Features of many sequences (length-sorted, right-padded sub-batches) -> one [T_i, n·H] each."""
@@ -288,13 +297,17 @@ class FeatureCache:
         self._shards: dict[str, dict[str, torch.Tensor]] = {}
 
     @staticmethod
-    def fingerprint(target_dir: Path, layer_ids: Sequence[int], dtype: str, target_dtype: str) -> str:
+    def fingerprint(target_dir: Path, layer_ids: Sequence[int], dtype: str, target_dtype: str,
+                    with_teacher: bool = False) -> str:
         h = hashlib.sha256()
         cfg = target_dir / "config.json"
         h.update(cfg.read_bytes() if cfg.is_file() else str(target_dir).encode())
         for f in sorted(target_dir.glob("*.safetensors")) + sorted(target_dir.glob("*.bin")):
             h.update(f"{f.name}:{f.stat().st_size}".encode())
-        h.update(json.dumps({"layers": list(layer_ids), "dtype": dtype, "target_dtype": target_dtype}).encode())
+        record = {"layers": list(layer_ids), "dtype": dtype, "target_dtype": target_dtype}
+        if with_teacher:  # only then, so the caches built before this option stay valid
+            record["teacher_hidden"] = True
+        h.update(json.dumps(record).encode())
         return h.hexdigest()
 
     @staticmethod
@@ -336,8 +349,9 @@ class FeatureCache:
             meta = json.loads(meta_path.read_text())
             if meta.get("fingerprint") != fingerprint or meta.get("format") != FEATURE_CACHE_FORMAT:
                 raise TrainingError(
-                    f"--feature-cache {root} was built for another target, other target_layer_ids, another dtype "
-                    "or by an older version; point --feature-cache at a new directory (or delete this one)"
+                    f"--feature-cache {root} was built for another target, other target_layer_ids, another dtype, "
+                    "with(out) the teacher hidden state of --distill-weight, or by an older version; point "
+                    "--feature-cache at a new directory (or delete this one)"
                 )
         else:
             meta = {"format": FEATURE_CACHE_FORMAT, "fingerprint": fingerprint,
@@ -439,8 +453,12 @@ class DominoTrainer:
         seed: int = 0,
         loss_vocab: Optional[LossVocab] = None,
         attention: str = "sdpa",
+        distill_weight: float = 0.0,
     ) -> None:
         self.drafter, self.frozen = drafter, frozen
+        if not 0.0 <= float(distill_weight) <= 1.0:
+            raise TrainingError(f"--distill-weight must be in [0, 1], got {distill_weight}")
+        self.distill_weight = float(distill_weight)
         self.attention = attention
         self.loss_vocab = loss_vocab
         self.config = drafter.config
@@ -483,6 +501,11 @@ class DominoTrainer:
                                       cfg.shift_label)
         if not bool(valid.any()):
             return None
+        teacher = None
+        if self.distill_weight > 0:
+            if batch.teacher_hidden is None:
+                raise TrainingError("--distill-weight needs the target's final hidden states in the batch")
+            teacher = teacher_hidden_for_slots(batch.teacher_hidden, anchors, b, cfg.shift_label)
         device_type = batch.features.device.type
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.bf16):
             with torch.no_grad() if self.freeze_backbone else torch.enable_grad():
@@ -492,6 +515,7 @@ class DominoTrainer:
             loss, metrics = domino_loss(
                 self.drafter, hidden, labels, valid, prefix, self.frozen.embed_weight,
                 self.frozen.head_for(self.bf16), lam=lam, gamma=self.gamma, loss_vocab=self.loss_vocab,
+                teacher_hidden=teacher, distill_weight=self.distill_weight,
             )
         return loss, metrics
 
@@ -501,9 +525,11 @@ class DominoTrainer:
 
         The anchors come from a generator seeded with ``seed`` (the same blocks every time, and the training
         anchor RNG is untouched, so resume stays exact) and the softmaxes span the full vocabulary, as drafting
-        does (``--loss-vocab data`` only speeds up training)."""
-        saved = self.generator, self.loss_vocab, self.drafter.training
+        does (``--loss-vocab data`` only speeds up training). The losses are cross-entropies with the data's
+        tokens, with or without ``--distill-weight``, so runs stay comparable."""
+        saved = self.generator, self.loss_vocab, self.drafter.training, self.distill_weight
         self.generator, self.loss_vocab = torch.Generator().manual_seed(int(seed)), None
+        self.distill_weight = 0.0
         self.drafter.eval()
         totals: dict[str, float] = {}
         blocks = 0.0
@@ -521,6 +547,7 @@ class DominoTrainer:
         finally:
             self.generator, self.loss_vocab = saved[0], saved[1]
             self.drafter.train(saved[2])
+            self.distill_weight = saved[3]
         out = {f"val_{k}": v / max(blocks, 1.0) for k, v in totals.items()} | {"val_blocks": blocks}
         if blocks:  # the τ decoding would see: harmonic mean of tokens per step (see domino_loss)
             out["val_decode_tau"] = 1.0 / out["val_inv_accept_len"]
@@ -872,10 +899,12 @@ def train(args: argparse.Namespace) -> dict:
     if not args.init_from and args.norm_from_target:
         init_output_norm_from_target(drafter, target)
     drafter.to(device)
-    extractor = TargetFeatureExtractor(target, config.target_layer_ids)
+    distill = args.distill_weight > 0
+    extractor = TargetFeatureExtractor(target, config.target_layer_ids, with_teacher=distill)
     cache: Optional[FeatureCache] = None
     if args.feature_cache:
-        fp = FeatureCache.fingerprint(target_dir, config.target_layer_ids, args.feature_dtype, args.target_dtype)
+        fp = FeatureCache.fingerprint(target_dir, config.target_layer_ids, args.feature_dtype, args.target_dtype,
+                                      with_teacher=distill)
         t0 = time.time()
         cache = FeatureCache.open(args.feature_cache, examples + val_examples, fp, _DTYPES[args.feature_dtype],
                                   lambda: extractor,
@@ -896,7 +925,7 @@ def train(args: argparse.Namespace) -> dict:
         grad_clip=args.grad_clip, blocks_per_seq=args.blocks_per_seq, gamma=args.loss_decay_gamma,
         lambda0=lambda0, lambda_decay_ratio=args.lambda_decay_ratio, bf16=args.bf16,
         freeze_backbone=args.freeze_backbone, seed=args.seed, loss_vocab=loss_vocab,
-        attention=resolve_attention(args.attention, device),
+        attention=resolve_attention(args.attention, device), distill_weight=args.distill_weight,
     )
     stream = BatchStream(len(examples), args.batch_size, args.seed)
     n_params = sum(p.numel() for p in drafter.parameters())
@@ -922,8 +951,12 @@ def train(args: argparse.Namespace) -> dict:
         """Sequences ``idx`` of ``examples + val_examples`` (the feature cache's numbering) on the device."""
         ids, lmask, lengths = pad_batch([examples[i] if i < len(examples) else val_examples[i - len(examples)]
                                          for i in idx])
-        feats = features_for(idx, ids, lengths)
-        return TrainBatch(ids.to(device), lmask.to(device), lengths.to(device), feats.to(device))
+        feats = features_for(idx, ids, lengths).to(device)
+        teacher = None
+        if distill:  # the extractor appended the target's final hidden state
+            n_feat = len(config.target_layer_ids) * int(text_cfg.hidden_size)
+            feats, teacher = feats[..., :n_feat], feats[..., n_feat:]
+        return TrainBatch(ids.to(device), lmask.to(device), lengths.to(device), feats, teacher)
 
     def val_batches() -> Iterator[TrainBatch]:
         offset = len(examples)
@@ -1100,6 +1133,11 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     o.add_argument("--loss-vocab", choices=["full", "data"], default="full",
                    help="softmax over the full vocabulary, or over the tokens that occur in the training sequences "
                         "(several times cheaper on CPU; the exported drafter still drafts over the full vocabulary)")
+    o.add_argument("--distill-weight", type=float, default=0.0, metavar="ALPHA",
+                   help="soft-label distillation: each slot's target is (1-ALPHA)·one-hot(data token) + "
+                        "ALPHA·softmax(target logits at that position), the target's whole next-token distribution "
+                        "rather than its argmax only (the feature cache then also stores the target's final hidden "
+                        "state, so it needs its own --feature-cache dir); validation losses stay hard CE")
     o.add_argument("--device", default=None,
                    help="cpu, cuda, cuda:1, ... (default: cuda when available, else cpu; CUDA is untested here)")
     o.add_argument("--attention", choices=["auto", "sdpa", "flex"], default="auto",

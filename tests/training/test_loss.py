@@ -28,6 +28,7 @@ from sglang_domino.training.masks import (
     build_block_mask,
     gather_labels,
     sample_anchors,
+    teacher_hidden_for_slots,
     valid_anchor_mask,
 )
 
@@ -319,3 +320,62 @@ def test_loss_vocab_is_the_dense_loss_over_those_columns(shift_label):
     outside[valid.nonzero()[0].unbind()] = 0  # token 0 is not in the loss vocabulary
     with pytest.raises(ValueError, match="outside the loss vocabulary"):
         domino_loss(drafter, hidden, outside, valid, prefix, embed, lm_head, loss_vocab=vocab, **kw)
+
+
+def test_teacher_hidden_for_slots_is_the_position_before_each_label():
+    """The target's distribution over a slot's label x[a+k+shift] comes from its hidden state at a+k+shift−1."""
+    n, t, b = 2, 20, 4
+    positions = torch.arange(t, dtype=torch.float32)[None, :, None].expand(n, t, 3)  # hidden = its own position
+    ids = torch.arange(t).expand(n, t)  # token = its position
+    anchors = torch.tensor([[2, 9], [5, 14]])
+    keep = torch.ones(n, 2, dtype=torch.bool)
+    for shift in (True, False):
+        labels, _ = gather_labels(ids, torch.ones(n, t), torch.tensor([t, t]), anchors, keep, b, shift)
+        got = teacher_hidden_for_slots(positions, anchors, b, shift)
+        assert got.shape == (n, 2, b, 3)
+        inside = labels < t - 1
+        assert torch.equal(got[..., 0][inside] + 1, labels[inside].float())
+    clamped = teacher_hidden_for_slots(positions, torch.tensor([[0, 18]]).expand(n, 2), b, False)
+    assert float(clamped[0, 0, 0, 0]) == 0.0 and float(clamped[0, 1, 3, 0]) == t - 1  # never out of range
+
+
+@pytest.mark.parametrize("with_vocab", [False, True])
+def test_distill_weight_mixes_the_teacher_distribution_into_the_targets(with_vocab):
+    """α > 0: CE against (1 − α)·one-hot + α·softmax(teacher logits) over the loss vocabulary, for the final and
+    the base term alike; α = 0 (or no teacher) is exactly the hard-label loss."""
+    drafter = random_drafter(seed=5, shift_label=False)
+    cfg = drafter.config
+    g = torch.Generator().manual_seed(6)
+    n, w, b, h, v = 2, 2, cfg.block_size, cfg.hidden_size, cfg.vocab_size
+    embed, lm_head = torch.randn(v, h, generator=g), torch.randn(v, h, generator=g) * 0.2
+    hidden = torch.randn(n, w, b, h, generator=g)
+    teacher = torch.randn(n, w, b, h, generator=g)
+    vocab = LossVocab.from_token_ids(torch.randperm(v, generator=g)[: v // 2], v) if with_vocab else None
+    pool = vocab.ids if with_vocab else torch.arange(v)
+    labels = pool[torch.randint(0, pool.numel(), (n, w, b), generator=g)]
+    valid = torch.rand(n, w, b, generator=g) > 0.2
+    valid[..., 0] = False
+    prefix = torch.randint(0, v, (n, w, b), generator=g)
+    kw = dict(lam=0.3, gamma=5.0, loss_vocab=vocab)
+    alpha = 0.4
+    loss, _ = domino_loss(drafter, hidden, labels, valid, prefix, embed, lm_head, teacher_hidden=teacher,
+                          distill_weight=alpha, **kw)
+
+    final, base = teacher_forced_logits(drafter, hidden.reshape(n * w, b, h), prefix.reshape(n * w, b), embed, lm_head)
+    cols = pool
+    y = labels.reshape(-1)
+    y_local = vocab.remap[y] if with_vocab else y
+    q = (1 - alpha) * F.one_hot(y_local, cols.numel()).float() + alpha * (
+        teacher.reshape(-1, h) @ lm_head[cols].T).softmax(-1)
+    ce_f = -(q * final.reshape(-1, v)[:, cols].log_softmax(-1)).sum(-1)
+    ce_b = -(q * base.reshape(-1, v)[:, cols].log_softmax(-1)).sum(-1)
+    wts = (valid.float() * slot_weights(b, False, kw["gamma"])).reshape(-1)
+    den = wts.sum() + 1e-6
+    expected = 0.7 * (ce_f * wts).sum() / den + 0.3 * (ce_b * wts).sum() / den
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-5)
+
+    hard, _ = domino_loss(drafter, hidden, labels, valid, prefix, embed, lm_head, **kw)
+    off, _ = domino_loss(drafter, hidden, labels, valid, prefix, embed, lm_head, teacher_hidden=teacher,
+                         distill_weight=0.0, **kw)
+    torch.testing.assert_close(off, hard)
+    assert not torch.allclose(loss, hard)

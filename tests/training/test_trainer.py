@@ -231,6 +231,55 @@ def test_feature_extractor_matches_full_forward(ws, layer_ids):
     assert len(target.model.layers) == 4  # restored
 
 
+def test_feature_extractor_with_teacher_appends_the_lm_head_input(ws):
+    """with_teacher: the same features, then the final-normed hidden whose lm_head product is the target's
+    logits (what --distill-weight turns into soft labels); the cache keys it apart from a plain cache."""
+    target = _load_target(ws)
+    ids = torch.randint(0, VOCAB, (2, 9), generator=torch.Generator().manual_seed(1))
+    plain = TargetFeatureExtractor(target, [1, 2])(ids)
+    both = TargetFeatureExtractor(target, [1, 2], with_teacher=True)(ids)
+    h = target.config.hidden_size
+    assert both.shape == (2, 9, 3 * h)
+    torch.testing.assert_close(both[..., : 2 * h], plain, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        logits = target(ids).logits
+    torch.testing.assert_close(both[..., 2 * h :] @ target.lm_head.weight.T, logits, rtol=1e-4, atol=1e-4)
+    fp = FeatureCache.fingerprint(ws / "target", [1, 2], "bfloat16", "float32")
+    assert FeatureCache.fingerprint(ws / "target", [1, 2], "bfloat16", "float32", with_teacher=True) != fp
+
+
+def test_distill_weight_trains_from_the_cache_and_validates_with_hard_ce(ws):
+    """--distill-weight: the cache holds features + teacher hidden, training runs and learns, validation is the
+    same hard CE as without distillation (equal at step 0 from the same init), and a cache built without the
+    teacher is refused rather than misread."""
+    lines = (ws / "data.jsonl").read_text().splitlines()
+    (ws / "distill_train.jsonl").write_text("\n".join(lines[:24]) + "\n")
+    (ws / "distill_val.jsonl").write_text("\n".join(lines[24:32]) + "\n")
+
+    def run(out: str, *extra: str) -> dict:
+        args = _args(ws, out, "--save-every", "0", "--lr", "1e-2", "--val-data", str(ws / "distill_val.jsonl"), *extra)
+        args.data = [str(ws / "distill_train.jsonl")]
+        return train(args)
+
+    summary = run("distill", "--max-steps", "30", "--val-every", "30", "--distill-weight", "0.5",
+                  "--feature-cache", str(ws / "fcache_distill"))
+    rows = _metrics(ws, "distill")
+    assert len(rows) == 31 and summary["steps"] == 30
+    assert sum(r["accuracy"] for r in rows[-5:]) / 5 > rows[1]["accuracy"] + 0.2
+    run("no_distill", "--max-steps", "1")
+    plain = _metrics(ws, "no_distill")
+    for key in ("val_final_loss", "val_base_loss", "val_accuracy", "val_decode_tau"):
+        assert rows[0][key] == pytest.approx(plain[0][key], rel=1e-6), key
+    assert rows[1]["loss"] != pytest.approx(plain[1]["loss"], rel=1e-3)  # the training targets do differ
+    cache = ws / "fcache_distill"
+    shard = torch.load(next(cache.glob("shard_*.pt")), weights_only=True)
+    assert next(iter(shard.values())).shape[-1] == 3 * 32  # layers 1, 2 + the teacher hidden (H = 32)
+    with pytest.raises(TrainingError, match="distill-weight"):
+        run("distill_bad", "--max-steps", "2", "--feature-cache", str(cache))  # no teacher: another fingerprint
+    with pytest.raises(TrainingError, match="distill-weight must be in"):
+        run("distill_bad", "--max-steps", "2", "--distill-weight", "1.5")
+
+
 def _counting_extractor(ext: TargetFeatureExtractor, seen: list[int]):
     """An extractor factory that records how many sequences each target run was given."""
 
