@@ -287,7 +287,10 @@ class FeatureCache:
     place). A sequence's key is the SHA-1 of its token ids, so the cache grows with the data: adding
     conversations to ``--data`` runs the target on the new sequences only, and reordering or dropping rows
     costs nothing. A crash mid-build loses at most the shard being written. A cache built for another target,
-    other ``target_layer_ids`` or another dtype is refused, not misread.
+    other ``target_layer_ids`` or another dtype is refused, not misread. A cache built ``with_teacher`` (for
+    ``--distill-weight``) stores the target's final hidden state after the features (``[T_i, n·H + H]``,
+    ``meta.json`` says so) and serves runs with or without distillation; one built without it cannot serve
+    distillation.
     """
 
     def __init__(self, root: Path, meta: dict, keys: list[str], where: dict[str, str]) -> None:
@@ -297,18 +300,20 @@ class FeatureCache:
         self._shards: dict[str, dict[str, torch.Tensor]] = {}
 
     @staticmethod
-    def fingerprint(target_dir: Path, layer_ids: Sequence[int], dtype: str, target_dtype: str,
-                    with_teacher: bool = False) -> str:
+    def fingerprint(target_dir: Path, layer_ids: Sequence[int], dtype: str, target_dtype: str) -> str:
         h = hashlib.sha256()
         cfg = target_dir / "config.json"
         h.update(cfg.read_bytes() if cfg.is_file() else str(target_dir).encode())
         for f in sorted(target_dir.glob("*.safetensors")) + sorted(target_dir.glob("*.bin")):
             h.update(f"{f.name}:{f.stat().st_size}".encode())
-        record = {"layers": list(layer_ids), "dtype": dtype, "target_dtype": target_dtype}
-        if with_teacher:  # only then, so the caches built before this option stay valid
-            record["teacher_hidden"] = True
-        h.update(json.dumps(record).encode())
+        h.update(json.dumps({"layers": list(layer_ids), "dtype": dtype, "target_dtype": target_dtype}).encode())
         return h.hexdigest()
+
+    @staticmethod
+    def stores_teacher_hidden(root: str | Path) -> bool:
+        """Whether the cache at ``root`` (if any) was built with the target's final hidden state."""
+        meta_path = Path(root) / "meta.json"
+        return meta_path.is_file() and bool(json.loads(meta_path.read_text()).get("teacher_hidden", False))
 
     @staticmethod
     def sequence_key(input_ids: torch.Tensor) -> str:
@@ -341,6 +346,7 @@ class FeatureCache:
         shard_size: int = 64,
         batch_tokens: int = 4096,
         progress: bool = True,
+        with_teacher: bool = False,
     ) -> "FeatureCache":
         root = Path(root)
         root.mkdir(parents=True, exist_ok=True)
@@ -349,13 +355,18 @@ class FeatureCache:
             meta = json.loads(meta_path.read_text())
             if meta.get("fingerprint") != fingerprint or meta.get("format") != FEATURE_CACHE_FORMAT:
                 raise TrainingError(
-                    f"--feature-cache {root} was built for another target, other target_layer_ids, another dtype, "
-                    "with(out) the teacher hidden state of --distill-weight, or by an older version; point "
-                    "--feature-cache at a new directory (or delete this one)"
+                    f"--feature-cache {root} was built for another target, other target_layer_ids, another dtype "
+                    "or by an older version; point --feature-cache at a new directory (or delete this one)"
+                )
+            if bool(meta.get("teacher_hidden", False)) != bool(with_teacher):
+                raise TrainingError(
+                    f"--feature-cache {root} was built without the target's final hidden state that "
+                    "--distill-weight needs; point --feature-cache at a new directory" if with_teacher else
+                    f"--feature-cache {root} stores the target's final hidden state: open it with_teacher=True"
                 )
         else:
             meta = {"format": FEATURE_CACHE_FORMAT, "fingerprint": fingerprint,
-                    "dtype": str(dtype).removeprefix("torch.")}
+                    "dtype": str(dtype).removeprefix("torch."), "teacher_hidden": bool(with_teacher)}
             meta_path.write_text(json.dumps(meta, indent=2) + "\n")
         keys = [cls.sequence_key(e.input_ids) for e in examples]
         where = cls._read_index(root)
@@ -900,15 +911,17 @@ def train(args: argparse.Namespace) -> dict:
         init_output_norm_from_target(drafter, target)
     drafter.to(device)
     distill = args.distill_weight > 0
-    extractor = TargetFeatureExtractor(target, config.target_layer_ids, with_teacher=distill)
+    # A cache built for distillation serves every run; a new sequence added to it must carry the teacher too.
+    teacher_columns = distill or bool(args.feature_cache and FeatureCache.stores_teacher_hidden(args.feature_cache))
+    extractor = TargetFeatureExtractor(target, config.target_layer_ids, with_teacher=teacher_columns)
     cache: Optional[FeatureCache] = None
     if args.feature_cache:
-        fp = FeatureCache.fingerprint(target_dir, config.target_layer_ids, args.feature_dtype, args.target_dtype,
-                                      with_teacher=distill)
+        fp = FeatureCache.fingerprint(target_dir, config.target_layer_ids, args.feature_dtype, args.target_dtype)
         t0 = time.time()
         cache = FeatureCache.open(args.feature_cache, examples + val_examples, fp, _DTYPES[args.feature_dtype],
                                   lambda: extractor,
-                                  batch_tokens=args.feature_batch_tokens, progress=not args.no_progress)
+                                  batch_tokens=args.feature_batch_tokens, progress=not args.no_progress,
+                                  with_teacher=teacher_columns)
         logger.info("feature cache %s ready (%.1f s)", args.feature_cache, time.time() - t0)
         if args.cache_only:
             return {"feature_cache": str(args.feature_cache), "num_sequences": len(examples)}
@@ -951,12 +964,10 @@ def train(args: argparse.Namespace) -> dict:
         """Sequences ``idx`` of ``examples + val_examples`` (the feature cache's numbering) on the device."""
         ids, lmask, lengths = pad_batch([examples[i] if i < len(examples) else val_examples[i - len(examples)]
                                          for i in idx])
-        feats = features_for(idx, ids, lengths).to(device)
-        teacher = None
-        if distill:  # the extractor appended the target's final hidden state
-            n_feat = len(config.target_layer_ids) * int(text_cfg.hidden_size)
-            feats, teacher = feats[..., :n_feat], feats[..., n_feat:]
-        return TrainBatch(ids.to(device), lmask.to(device), lengths.to(device), feats, teacher)
+        columns = features_for(idx, ids, lengths).to(device)
+        n_feat = len(config.target_layer_ids) * int(text_cfg.hidden_size)
+        teacher = columns[..., n_feat:] if distill else None  # the target's final hidden state, when stored
+        return TrainBatch(ids.to(device), lmask.to(device), lengths.to(device), columns[..., :n_feat], teacher)
 
     def val_batches() -> Iterator[TrainBatch]:
         offset = len(examples)

@@ -244,14 +244,13 @@ def test_feature_extractor_with_teacher_appends_the_lm_head_input(ws):
     with torch.no_grad():
         logits = target(ids).logits
     torch.testing.assert_close(both[..., 2 * h :] @ target.lm_head.weight.T, logits, rtol=1e-4, atol=1e-4)
-    fp = FeatureCache.fingerprint(ws / "target", [1, 2], "bfloat16", "float32")
-    assert FeatureCache.fingerprint(ws / "target", [1, 2], "bfloat16", "float32", with_teacher=True) != fp
 
 
 def test_distill_weight_trains_from_the_cache_and_validates_with_hard_ce(ws):
     """--distill-weight: the cache holds features + teacher hidden, training runs and learns, validation is the
-    same hard CE as without distillation (equal at step 0 from the same init), and a cache built without the
-    teacher is refused rather than misread."""
+    same hard CE as without distillation (equal at step 0 from the same init); a run without distillation uses
+    that cache as a plain one (the same first step as from a plain cache), and a plain cache cannot serve
+    distillation."""
     lines = (ws / "data.jsonl").read_text().splitlines()
     (ws / "distill_train.jsonl").write_text("\n".join(lines[:24]) + "\n")
     (ws / "distill_val.jsonl").write_text("\n".join(lines[24:32]) + "\n")
@@ -266,16 +265,18 @@ def test_distill_weight_trains_from_the_cache_and_validates_with_hard_ce(ws):
     rows = _metrics(ws, "distill")
     assert len(rows) == 31 and summary["steps"] == 30
     assert sum(r["accuracy"] for r in rows[-5:]) / 5 > rows[1]["accuracy"] + 0.2
-    run("no_distill", "--max-steps", "1")
+    run("no_distill", "--max-steps", "1", "--feature-cache", str(ws / "fcache_plain"))
     plain = _metrics(ws, "no_distill")
+    run("no_distill_teacher_cache", "--max-steps", "1", "--feature-cache", str(ws / "fcache_distill"))
+    assert _metrics(ws, "no_distill_teacher_cache")[1]["loss"] == pytest.approx(plain[1]["loss"], rel=1e-6)
     for key in ("val_final_loss", "val_base_loss", "val_accuracy", "val_decode_tau"):
         assert rows[0][key] == pytest.approx(plain[0][key], rel=1e-6), key
     assert rows[1]["loss"] != pytest.approx(plain[1]["loss"], rel=1e-3)  # the training targets do differ
     cache = ws / "fcache_distill"
     shard = torch.load(next(cache.glob("shard_*.pt")), weights_only=True)
     assert next(iter(shard.values())).shape[-1] == 3 * 32  # layers 1, 2 + the teacher hidden (H = 32)
-    with pytest.raises(TrainingError, match="distill-weight"):
-        run("distill_bad", "--max-steps", "2", "--feature-cache", str(cache))  # no teacher: another fingerprint
+    with pytest.raises(TrainingError, match="without the target's final hidden state"):
+        run("distill_bad", "--max-steps", "2", "--distill-weight", "0.5", "--feature-cache", str(ws / "fcache_plain"))
     with pytest.raises(TrainingError, match="distill-weight must be in"):
         run("distill_bad", "--max-steps", "2", "--distill-weight", "1.5")
 
