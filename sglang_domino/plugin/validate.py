@@ -82,19 +82,21 @@ def check_drafter_checkpoint(draft_path: Optional[str]) -> DominoConfig:
 
 def check_drafting_env() -> None:
     """The worker's environment switches ($SGLANG_DOMINO_DRAFT_LOGITS_DTYPE, $SGLANG_DOMINO_DRAFT_TEMPERATURE_SCALE,
-    $SGLANG_DOMINO_CPU_FAST_PATHS), checked before any process starts so a typo is one line at launch, not a
+    $SGLANG_DOMINO_CPU_FAST_PATHS, $SGLANG_DOMINO_MAX_SPECULATIVE_BATCH), checked before any process starts so a typo is one line at launch, not a
     scheduler traceback."""
     import os
 
     import torch
 
     from sglang_domino.plugin.cpu_fast_paths import ENV_SWITCH, parse_switch
+    from sglang_domino.plugin.draft_width import resolve_max_speculative_batch
     from sglang_domino.rollout import draft_logits_dtype, resolve_draft_temperature_scale
 
     try:
         draft_logits_dtype(torch.empty(0))
         resolve_draft_temperature_scale()
         parse_switch(os.environ.get(ENV_SWITCH))
+        resolve_max_speculative_batch("cpu")
     except ValueError as exc:
         raise DominoServerArgsError(str(exc)) from None
 

@@ -22,7 +22,9 @@ What is overridden, and why:
 * ``_maybe_build_draft_sampler``: upstream would fold its own greedy rollout into the draft CUDA graph; we keep
   the backbone graph and run the rollout after it.
 * ``forward_batch_generation``: only on devices without streams (CPU), lets upstream's
-  ``seq_lens.record_stream(...)`` be a no-op for that one tensor, then defers to upstream.
+  ``seq_lens.record_stream(...)`` be a no-op for that one tensor, then defers to upstream; a decode batch larger
+  than ``$SGLANG_DOMINO_MAX_SPECULATIVE_BATCH`` runs as a plain-width step (:mod:`.draft_width`: one token per
+  request, no draft forward, the drafter's context still fed).
 
 Hooks that must act inside ``DFlashWorkerV2.__init__`` are in :mod:`.hooks`.
 """
@@ -43,10 +45,18 @@ from sglang.srt.speculative.dflash_worker_v2 import (
     _commit_accept,
     _resolve_dflash_embedding_module,
 )
+from sglang.srt.speculative.draft_worker_common import build_block_pos_offsets, make_draft_block_spec_info
 
 from sglang_domino.config import DominoConfig
 from sglang_domino.kernels import DominoHeadWeights
 from sglang_domino.plugin import cpu_fast_paths
+from sglang_domino.plugin.draft_width import (
+    MAX_SPECULATIVE_BATCH_ENV,
+    WIDTH_ATTRS,
+    WidthStates,
+    resolve_max_speculative_batch,
+    step_width,
+)
 from sglang_domino.plugin.hooks import domino_worker_scope
 from sglang_domino.rollout import (
     DRAFT_LOGITS_DTYPE_ENV,
@@ -142,6 +152,17 @@ class DominoWorker(DFlashWorkerV2):
         self._drafting_lm_head: Optional[tuple[torch.Tensor, tuple, torch.Tensor]] = None
         # Resolved once: a bad $SGLANG_DOMINO_DRAFT_TEMPERATURE_SCALE stops the server at start, not mid-request.
         self._draft_temperature_scale = resolve_draft_temperature_scale()
+        self._max_speculative_batch = resolve_max_speculative_batch(torch.device(self.device).type)
+        self._full_width = int(self.block_size)
+        self._widths = WidthStates(self, self._fresh_width_state)
+        if self._max_speculative_batch is not None:
+            runner = getattr(self.target_worker.model_runner, "decode_cuda_graph_runner", None)
+            if runner is not None and torch.device(self.device).type == "cpu":
+                # The CPU graph runner keys its graphs on the batch size only: it would replay a width-B verify
+                # graph for a plain-width step.
+                raise RuntimeError(
+                    f"Domino: {MAX_SPECULATIVE_BATCH_ENV} (plain-width steps for large batches) cannot be combined "
+                    f"with CPU graphs (--enable-torch-compile); set {MAX_SPECULATIVE_BATCH_ENV}=none")
         head = self.domino_head()
         target_lm_head_module = unwrap_lora_layer(self.target_worker.model_runner.model.lm_head)
         target_lm_head = target_lm_head_module.weight
@@ -151,11 +172,14 @@ class DominoWorker(DFlashWorkerV2):
         logger.info(
             "Domino worker ready: block_size=%d, shift_label=%s, pure_draft_prefix_len=%d, head=%s, device=%s, "
             "draft logits in %s (target lm_head %s), exact full-vocabulary correction, sampled drafts at %.2f x the "
-            "request temperature verified with their probabilities",
+            "request temperature verified with their probabilities, %s",
             self.block_size, self.domino_config.shift_label, self.domino_config.pure_draft_prefix_len,
             "domino" if head is not None else "none (plain DFlash backbone)", self.device,
             str(drafting_dtype).removeprefix("torch."),
             str(target_lm_head.dtype).removeprefix("torch."), self._draft_temperature_scale,
+            "drafting at every batch size" if self._max_speculative_batch is None else
+            f"drafting while a decode batch has at most {self._max_speculative_batch} requests (plain-width steps "
+            f"above, {MAX_SPECULATIVE_BATCH_ENV})",
         )
 
     # ---------------------------------------------------------------- weights
@@ -186,19 +210,40 @@ class DominoWorker(DFlashWorkerV2):
         # The draft CUDA graph (if any) captures the backbone only; the rollout runs after it.
         return None
 
+    def _fresh_width_state(self, width: int) -> dict[str, Any]:
+        """:data:`~sglang_domino.plugin.draft_width.WIDTH_ATTRS` of a width not used yet (buffers lazy)."""
+        state = {name: None for name in WIDTH_ATTRS}
+        state.update(block_size=width, speculative_num_draft_tokens=width,
+                     _block_pos_offsets=build_block_pos_offsets(length=width, device=self.device),
+                     _draft_block_spec_info=make_draft_block_spec_info(draft_token_num=width, device=self.device))
+        return state
+
     def forward_batch_generation(self, batch, on_publish=None, grammar_barrier=None, pp_proxy_tensors=None):
         self._domino_batch = batch
         seq_lens = getattr(batch, "seq_lens", None)
         shimmed = False
+        decode = not (batch.forward_mode.is_extend() or batch.is_extend_in_batch or batch.forward_mode.is_idle())
         if self._no_streams and isinstance(seq_lens, torch.Tensor) and not batch.forward_mode.is_extend():
             # Upstream records the carried-over seq_lens on the current CUDA stream; a CPU tensor has no stream
             # and Tensor.record_stream rejects it. An instance attribute shadows the method for this tensor only.
             seq_lens.record_stream = lambda stream: None
             shimmed = True
+        width = step_width(len(batch.seq_lens), self._full_width, self._max_speculative_batch) if decode else None
+        plain_width = width == 1
+        if width is not None:
+            self._widths.use(width)
+        if plain_width:
+            # Nothing to draft: skip the backbone forward (its scratch KV would be overwritten by the context
+            # append anyway); upstream reads only these two fields of its result.
+            self.draft_model_runner.forward = _no_draft_forward
         try:
             return super().forward_batch_generation(batch, on_publish=on_publish, grammar_barrier=grammar_barrier,
                                                     pp_proxy_tensors=pp_proxy_tensors)
         finally:
+            if plain_width:
+                del self.draft_model_runner.forward
+            if width is not None:
+                self._widths.use(self._full_width)
             if shimmed:
                 del seq_lens.record_stream
             self._domino_batch = None
@@ -207,10 +252,16 @@ class DominoWorker(DFlashWorkerV2):
     def _propose_selector_block(self, *, draft_logits_output, bs: int, lm_head, anchor_token_ids: torch.Tensor,
                                 sampling_info) -> torch.Tensor:
         """Draft B−1 tokens per request from the backbone output: :func:`sglang_domino.rollout.draft_from_hidden`."""
+        block_size = int(self.block_size)
+        if block_size == 1:  # a plain-width step: no drafts, the target's own token is emitted
+            params = sampling_params_from_batch(sampling_info, bs)
+            vocab = int(self.model_runner.model_config.vocab_size)
+            probs = torch.empty((bs, 0, vocab), dtype=torch.float32, device=anchor_token_ids.device)
+            self._domino_pending = (probs if params is not None else None, params)
+            return torch.empty((bs, 0), dtype=torch.int64, device=anchor_token_ids.device)
         hidden = draft_logits_output.hidden_states
         if hidden is None:
             raise RuntimeError("Domino: the draft model returned no hidden states")
-        block_size = int(self.block_size)
         draft_hidden = hidden[: bs * block_size].view(bs, block_size, -1)
         embed_weight, lm_head_weight = self._target_weights(lm_head)
         params = sampling_params_from_batch(sampling_info, bs)
@@ -260,6 +311,19 @@ class DominoWorker(DFlashWorkerV2):
             for i, row in enumerate(rows):
                 fh.write(json.dumps({"rid": rids[i] if i < len(rids) else None, "pos": int(positions[i]),
                                      "bonus": row[0], "drafts": row[1:], "accept": int(accepts[i])}) + "\n")
+
+
+class _NoDraftOutput:
+    """What upstream reads of a draft forward's result, for a step that drafts nothing."""
+
+    class logits_output:  # noqa: N801 - mirrors the attribute upstream reads
+        hidden_states = None
+
+    can_run_graph = False
+
+
+def _no_draft_forward(forward_batch, *args, **kwargs) -> _NoDraftOutput:
+    return _NoDraftOutput()
 
 
 __all__ = ["DOMINO_PROPOSER", "DRAFT_LOG_ENV", "DominoWorker", "sampling_params_from_batch"]

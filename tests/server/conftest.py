@@ -139,8 +139,11 @@ def servers(tiny, tmp_path_factory):
     specs = {
         "plain": (launch_cmd(tiny.target, free_port()), cpu_env(), None),
         "domino": (launch_cmd(tiny.target, free_port(), draft=tiny.drafter),
-                   # float32 drafting: the reference tests compare drafts with the offline rollout bit for bit
-                   cpu_env(SGLANG_DOMINO_DRAFT_LOG=str(draft_log), SGLANG_DOMINO_DRAFT_LOGITS_DTYPE="float32"),
+                   # float32 drafting: the reference tests compare drafts with the offline rollout bit for bit;
+                   # drafting at every batch size: these tests exercise speculation under concurrency
+                   # (test_plain_width_steps covers the automatic switch-off)
+                   cpu_env(SGLANG_DOMINO_DRAFT_LOG=str(draft_log), SGLANG_DOMINO_DRAFT_LOGITS_DTYPE="float32",
+                           SGLANG_DOMINO_MAX_SPECULATIVE_BATCH="none"),
                    draft_log),
     }
     running: dict[str, Server] = {}

@@ -1,0 +1,135 @@
+"""Automatic switch-off: decode batches above $SGLANG_DOMINO_MAX_SPECULATIVE_BATCH run plain-width steps.
+
+A third server (Domino, limit 3) gets the 18 greedy requests of test_server_greedy at once: the batch starts
+above the limit (plain-width steps: no drafts) and shrinks below it as requests finish (full-width steps), and
+requests sent while it is small grow it again. Every output must equal the plain server's; both widths must
+occur in one request's life; and every full-width block drafted *after* plain-width steps must equal the
+offline rollout on the full context -- the drafter's context KV missed nothing while it was not drafting.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+
+from .conftest import Server, cpu_env, free_port, launch_cmd, start_server, stop, wait_ready
+from .test_server_greedy import MAX_TOKENS, make_prompts, run_concurrently
+
+pytestmark = [pytest.mark.server, pytest.mark.timeout(900)]
+
+LIMIT = 3
+
+
+@pytest.fixture(scope="module")
+def switching(tiny, tmp_path_factory):
+    logs = tmp_path_factory.mktemp("switching_logs")
+    cmd = launch_cmd(tiny.target, free_port(), draft=tiny.drafter)
+    env = cpu_env(SGLANG_DOMINO_DRAFT_LOG=str(logs / "drafts.jsonl"), SGLANG_DOMINO_DRAFT_LOGITS_DTYPE="float32",
+                  SGLANG_DOMINO_MAX_SPECULATIVE_BATCH=str(LIMIT))
+    proc, t0 = start_server("switching", cmd, env, logs / "server.log")
+    server = Server("switching", f"http://127.0.0.1:{cmd[cmd.index('--port') + 1]}", proc, logs / "server.log",
+                    logs / "drafts.jsonl", extra={"t_launch": t0})
+    try:
+        wait_ready(server)
+        yield server
+    finally:
+        stop(server)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny.target)
+
+
+@pytest.fixture(scope="module")
+def rounds(servers, switching, tokenizer):
+    prompts = make_prompts(tokenizer)
+    payloads = [{"rid": f"sw-{i}", "input_ids": p,
+                 "sampling_params": {"temperature": 0, "max_new_tokens": MAX_TOKENS[i], "ignore_eos": True}}
+                for i, p in enumerate(prompts)]
+    # Different lengths, so the batch shrinks back below the limit one request at a time.
+    late = [{"rid": f"sw-late-{i}", "input_ids": p,
+             "sampling_params": {"temperature": 0, "max_new_tokens": n, "ignore_eos": True}}
+            for i, (p, n) in enumerate(zip(make_prompts(tokenizer, n=5, seed=1), (60, 20, 30, 45, 90)))]
+
+    def staggered() -> list[dict]:
+        # One request alone first (full width), then four more join it (the batch grows past the limit).
+        with ThreadPoolExecutor(max_workers=5) as pool:
+            first = pool.submit(switching.generate, **late[0])
+            time.sleep(1.0)
+            rest = list(pool.map(lambda p: switching.generate(**p), late[1:]))
+            return [first.result()] + rest
+
+    switched = run_concurrently(switching, payloads) + staggered()
+    plain = run_concurrently(servers["plain"], [dict(p, rid=f"plain-{p['rid']}") for p in payloads + late])
+    return payloads + late, plain, switched
+
+
+def test_outputs_equal_plain_decoding(rounds, switching) -> None:
+    payloads, plain, switched = rounds
+    for payload, a, b in zip(payloads, plain, switched):
+        assert b["output_ids"] == a["output_ids"], payload["rid"]
+        assert b["meta_info"]["finish_reason"] == a["meta_info"]["finish_reason"], payload["rid"]
+    assert switching.alive()
+
+
+def test_both_widths_occur(rounds, switching) -> None:
+    payloads, _, _ = rounds
+    widths_seen = set()
+    switched_back = 0
+    for payload in payloads:
+        records = switching.draft_records(payload["rid"])
+        widths = [len(r["drafts"]) + 1 for r in records]
+        widths_seen.update(widths)
+        # a full-width step after a plain-width one: drafting resumed for this request
+        switched_back += any(w > 1 and 1 in widths[:i] for i, w in enumerate(widths))
+    assert 1 in widths_seen and len(widths_seen) == 2, widths_seen  # plain width and the block size
+    assert switched_back >= 2, switched_back  # the last requests of each round, once the batch is small
+    late_first = [len(r["drafts"]) for r in switching.draft_records("sw-late-0")]
+    assert late_first and late_first[0] > 0, "a request alone must draft"
+
+
+def test_drafts_after_plain_width_steps_equal_offline_reference(rounds, switching, tiny) -> None:
+    """Full-width blocks drafted after plain-width steps equal the offline rollout on the whole context: the
+    context KV was fed during the plain-width steps."""
+    from transformers import AutoModelForCausalLM
+
+    from sglang_domino import draft_from_hidden, load_drafter
+    from sglang_domino.offline import target_features
+
+    payloads, _, switched = rounds
+    target = AutoModelForCausalLM.from_pretrained(tiny.target, dtype=torch.float32).eval()
+    drafter = load_drafter(tiny.drafter, dtype=torch.float32)
+    embed = target.get_input_embeddings().weight
+    lm_head = target.get_output_embeddings().weight
+    cfg = drafter.config
+    checked = mismatched = 0
+    for payload, out in zip(payloads, switched):
+        records = switching.draft_records(payload["rid"])
+        sequence = payload["input_ids"] + out["output_ids"]
+        after_plain = [r for i, r in enumerate(records)
+                       if r["drafts"] and any(not q["drafts"] for q in records[:i]) and r["pos"] < len(sequence)]
+        if not after_plain:
+            continue
+        with torch.no_grad():
+            hs = target(torch.tensor([sequence]), output_hidden_states=True).hidden_states
+            features = target_features(hs, cfg.target_layer_ids)
+        for rec in after_plain[:8]:
+            pos = rec["pos"]
+            assert rec["bonus"] == sequence[pos], (payload["rid"], pos)
+            with torch.no_grad():
+                cache = drafter.new_cache()
+                drafter.append_context(cache, features[:, :pos])
+                bonus = torch.tensor([rec["bonus"]])
+                block = draft_from_hidden(drafter.draft_block_hidden(cache, bonus, embed), bonus, embed, lm_head,
+                                          drafter.head_weights(), shift_label=cfg.shift_label,
+                                          pure_draft_prefix_len=cfg.pure_draft_prefix_len)
+            checked += 1
+            mismatched += block.tokens[0].tolist() != rec["drafts"]
+    assert checked >= 8, checked
+    assert mismatched == 0, f"{mismatched}/{checked} blocks drafted after plain-width steps differ from the offline rollout"
