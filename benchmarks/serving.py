@@ -5,6 +5,10 @@ The three servers run side by side and the configurations are interleaved within
 order), so slow drift of this machine's speed lands on all three alike. Writes JSON (``levels``), a
 markdown table and a PNG plot. Also: ``sglang-domino bench ...``.
 
+The speculative servers inherit ``$SGLANG_DOMINO_MAX_SPECULATIVE_BATCH`` (default ``auto``: plain-width steps for
+decode batches above 2 on CPU). ``--compare-always-drafting`` adds a fourth server, Domino drafting at every
+batch size (the switch off), so the switch's effect is measured in the same run.
+
     python benchmarks/serving.py --concurrency 1,2,4,8,16 --max-new-tokens 128 --json benchmarks/results/serving.json
 """
 
@@ -28,10 +32,12 @@ from loadgen import run_level  # noqa: E402
 
 from sglang_domino.evaluate import load_config_block_size  # noqa: E402
 from sglang_domino.plugin.cpu_fast_paths import ENV_SWITCH as CPU_FAST_PATHS_ENV  # noqa: E402
+from sglang_domino.plugin.draft_width import MAX_SPECULATIVE_BATCH_ENV  # noqa: E402
 from sglang_domino.resume import append_row, read_rows, start_rows  # noqa: E402
 from sglang_domino.rollout import DRAFT_LOGITS_DTYPE_ENV  # noqa: E402
 
 CONFIGS = ("plain", "domino", "backbone")
+ALWAYS = "domino_always"  # optional: Domino with the automatic switch-off disabled
 
 
 def backbone_only_checkpoint(draft: Path, cache_root: Path) -> Path:
@@ -48,7 +54,8 @@ def backbone_only_checkpoint(draft: Path, cache_root: Path) -> Path:
 class Server:
     """A ``sglang-domino serve`` subprocess on loopback; ``draft=None`` serves without speculation."""
 
-    def __init__(self, name: str, target: Path, draft: Optional[Path], port: int, extra: list[str], log_dir: Path):
+    def __init__(self, name: str, target: Path, draft: Optional[Path], port: int, extra: list[str], log_dir: Path,
+                 env: Optional[dict[str, str]] = None):
         self.name, self.port = name, port
         self.url = f"http://127.0.0.1:{port}"
         cmd = [sys.executable, "-m", "sglang_domino.cli", "serve", "--target", str(target), "--port", str(port)]
@@ -57,7 +64,7 @@ class Server:
         log_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = log_dir / f"server-{name}.log"
         self.proc = subprocess.Popen(cmd, stdout=self.log_path.open("w"), stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+                                     start_new_session=True, env=None if env is None else {**os.environ, **env})
 
     def wait_healthy(self, timeout_s: float = 600) -> None:
         deadline = time.time() + timeout_s
@@ -97,15 +104,23 @@ def load_payloads(prompts_path: Path, target: Path, num: int, max_new_tokens: in
 
 
 def markdown_table(levels: list[dict[str, Any]]) -> str:
-    rows = ["| concurrency | plain tok/s | Domino tok/s | backbone tok/s | Domino/plain | Domino/backbone | τ Domino | τ backbone | TTFT ms (D, median) | ITL ms (D, median / p90) | D output = plain |",
-            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    always = all("domino_always_tok_s" in lv for lv in levels) and bool(levels)
+    head = ["concurrency", "plain tok/s", "Domino tok/s", "backbone tok/s"]
+    head += ["Domino always drafting tok/s"] if always else []
+    head += ["Domino/plain", "Domino/backbone"] + (["always drafting/plain"] if always else [])
+    head += ["τ Domino", "τ backbone", "TTFT ms (D, median)", "ITL ms (D, median / p90)", "D output = plain"]
+    rows = ["| " + " | ".join(head) + " |", "|" + " ---: |" * len(head)]
     for lv in levels:
-        rows.append(
-            f"| {lv['concurrency']} | {lv['plain_tok_s']:.1f} | {lv['domino_tok_s']:.1f} | {lv['backbone_tok_s']:.1f} | "
-            f"{lv['speedup_vs_plain']:.2f}× | {lv['speedup_vs_backbone']:.2f}× | {lv['tau_domino'] or float('nan'):.2f} | "
-            f"{lv['tau_backbone'] or float('nan'):.2f} | {lv['ttft_ms']['domino']['median']:.0f} | "
-            f"{lv['itl_ms']['domino']['median']:.0f} / {lv['itl_ms']['domino']['p90']:.0f} | "
-            f"{lv.get('domino_requests_equal_plain', '?')}/{lv['num_prompts']} |")
+        cells = [str(lv["concurrency"]), f"{lv['plain_tok_s']:.1f}", f"{lv['domino_tok_s']:.1f}",
+                 f"{lv['backbone_tok_s']:.1f}"]
+        cells += [f"{lv['domino_always_tok_s']:.1f}"] if always else []
+        cells += [f"{lv['speedup_vs_plain']:.2f}×", f"{lv['speedup_vs_backbone']:.2f}×"]
+        cells += [f"{lv['always_speedup_vs_plain']:.2f}×"] if always else []
+        cells += [f"{lv['tau_domino'] or float('nan'):.2f}", f"{lv['tau_backbone'] or float('nan'):.2f}",
+                  f"{lv['ttft_ms']['domino']['median']:.0f}",
+                  f"{lv['itl_ms']['domino']['median']:.0f} / {lv['itl_ms']['domino']['p90']:.0f}",
+                  f"{lv.get('domino_requests_equal_plain', '?')}/{lv['num_prompts']}"]
+        rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
 
@@ -117,13 +132,18 @@ def plot(levels: list[dict[str, Any]], path: Path) -> None:
 
     conc = [lv["concurrency"] for lv in levels]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    for key, label in (("plain_tok_s", "plain"), ("domino_tok_s", "Domino"), ("backbone_tok_s", "DFlash backbone")):
-        ax1.plot(conc, [lv[key] for lv in levels], marker="o", label=label)
+    for key, label in (("plain_tok_s", "plain"), ("domino_tok_s", "Domino"), ("backbone_tok_s", "DFlash backbone"),
+                       ("domino_always_tok_s", "Domino, always drafting")):
+        if all(key in lv for lv in levels):
+            ax1.plot(conc, [lv[key] for lv in levels], marker="o", label=label)
     ax1.set(xscale="log", xlabel="concurrency", ylabel="output tok/s", title="Throughput")
     ax1.set_xticks(conc, [str(c) for c in conc])
     ax1.legend()
     ax2.plot(conc, [lv["speedup_vs_plain"] for lv in levels], marker="o", label="Domino / plain")
     ax2.plot(conc, [lv["speedup_vs_backbone"] for lv in levels], marker="o", label="Domino / backbone")
+    if all("always_speedup_vs_plain" in lv for lv in levels):
+        ax2.plot(conc, [lv["always_speedup_vs_plain"] for lv in levels], marker="o",
+                 label="Domino always drafting / plain")
     ax2.axhline(1.0, color="grey", lw=0.8)
     ax2.set(xscale="log", xlabel="concurrency", ylabel="ratio", title="Speedup")
     ax2.set_xticks(conc, [str(c) for c in conc])
@@ -158,14 +178,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "domino": Server("domino", target, draft, args.port + 1, spec_extra, out_json.parent / "logs"),
         "backbone": Server("backbone", target, backbone, args.port + 2, spec_extra, out_json.parent / "logs"),
     }
+    configs = CONFIGS
+    if args.compare_always_drafting:
+        servers[ALWAYS] = Server(ALWAYS, target, draft, args.port + 3, spec_extra, out_json.parent / "logs",
+                                 env={MAX_SPECULATIVE_BATCH_ENV: "none"})
+        configs = CONFIGS + (ALWAYS,)
     # Resume: finished levels of an interrupted run with the same settings are kept (one JSON line each).
     weights = draft / "model.safetensors"
     draft_logits_choice = os.environ.get(DRAFT_LOGITS_DTYPE_ENV) or "auto"  # the servers inherit it
     cpu_fast_paths = os.environ.get(CPU_FAST_PATHS_ENV) or "1"  # likewise, for all three servers
+    max_speculative_batch = os.environ.get(MAX_SPECULATIVE_BATCH_ENV) or "auto"  # likewise (not domino_always)
     settings = {"target": str(target), "draft": str(draft), "draft_weights": [weights.stat().st_size,
                 weights.stat().st_mtime_ns], "prompts": str(prompts), "max_new_tokens": args.max_new_tokens,
                 "num_prompts": args.num_prompts, "server_args": extra, "block_size": args.block_size,
-                "repeats": args.repeats, "draft_logits_dtype": draft_logits_choice, "cpu_fast_paths": cpu_fast_paths}
+                "repeats": args.repeats, "draft_logits_dtype": draft_logits_choice, "cpu_fast_paths": cpu_fast_paths,
+                "max_speculative_batch": max_speculative_batch, "configs": list(configs)}
     levels_path = out_json.with_name(out_json.name + ".levels.jsonl")
     levels = [lv for lv in read_rows(levels_path, settings) if lv["concurrency"] in levels_c]
     if not levels:
@@ -177,16 +204,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         warm = load_payloads(prompts, target, 2, 16)
         for s in servers.values():  # first requests pay one-off costs (allocation, lazy init)
             asyncio.run(run_level(s.url, warm, 2))
-        progress = tqdm(total=len(levels_c) * len(CONFIGS) * args.repeats,
-                        initial=len(levels) * len(CONFIGS) * args.repeats, desc="bench",
+        progress = tqdm(total=len(levels_c) * len(configs) * args.repeats,
+                        initial=len(levels) * len(configs) * args.repeats, desc="bench",
                         unit="run")
         for conc in todo:
             li = levels_c.index(conc)
             payloads = load_payloads(prompts, target, args.num_prompts or max(2 * conc, 8), args.max_new_tokens)
-            runs: dict[str, list[dict[str, Any]]] = {name: [] for name in CONFIGS}
+            runs: dict[str, list[dict[str, Any]]] = {name: [] for name in configs}
             for rep in range(args.repeats):
-                first = (li + rep) % 3  # rotate who goes first, per level and per repeat
-                for name in CONFIGS[first:] + CONFIGS[:first]:
+                first = (li + rep) % len(configs)  # rotate who goes first, per level and per repeat
+                for name in configs[first:] + configs[:first]:
                     run = asyncio.run(run_level(servers[name].url, payloads, conc))
                     if run["failed"] == len(payloads):
                         # A dead or wedged server: stop rather than record a level of zeros.
@@ -195,8 +222,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     runs[name].append(run)
                     progress.update(1)
             measured = {name: median_run(r) for name, r in runs.items()}
-            same = all(r["output_ids"] == runs["plain"][0]["output_ids"] for name in ("plain", "domino")
-                       for r in runs[name])
+            same = all(r["output_ids"] == runs["plain"][0]["output_ids"]
+                       for name in ("plain", "domino", ALWAYS) if name in runs for r in runs[name])
             levels.append({
                 "concurrency": conc,
                 "num_prompts": len(payloads),
@@ -218,6 +245,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "repeats": args.repeats,
                 "tok_s_runs": {k: [r["output_tok_s"] for r in v] for k, v in runs.items()},
             })
+            if ALWAYS in measured:
+                levels[-1].update({
+                    "domino_always_tok_s": measured[ALWAYS]["output_tok_s"],
+                    "always_speedup_vs_plain": measured[ALWAYS]["output_tok_s"]
+                    / max(measured["plain"]["output_tok_s"], 1e-9),
+                    "tau_domino_always": measured[ALWAYS]["tau"],
+                })
             append_row(levels_path, levels[-1])
         progress.close()
     finally:
@@ -227,7 +261,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result = {"target": str(target), "draft": str(draft), "max_new_tokens": args.max_new_tokens,
               "server_args": extra, "block_size": args.block_size or load_config_block_size(draft),
               "repeats": args.repeats, "draft_logits_dtype": draft_logits_choice, "cpu_fast_paths": cpu_fast_paths,
-              "levels": levels}
+              "max_speculative_batch": max_speculative_batch, "configs": list(configs), "levels": levels}
     out_json.write_text(json.dumps(result, indent=2))
     table = markdown_table(levels)
     out_json.with_suffix(".md").write_text(table + "\n")
@@ -259,6 +293,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--block-size", type=int, default=None,
                    help="verify width of the speculative servers (--speculative-num-draft-tokens); default: the "
                         "drafter's block_size")
+    p.add_argument("--compare-always-drafting", action="store_true",
+                   help=f"add a fourth server: Domino with {MAX_SPECULATIVE_BATCH_ENV}=none (drafting at every batch "
+                        "size), to measure the automatic switch-off in the same run")
     p.add_argument("--json", required=True)
 
 

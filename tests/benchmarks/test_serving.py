@@ -36,3 +36,8 @@ def test_markdown_table_row() -> None:
     table = _load().markdown_table([level]).splitlines()
     assert len(table) == 3 and table[0].count("|") == table[2].count("|")
     assert table[2] == "| 1 | 10.0 | 12.5 | 11.0 | 1.25× | 1.14× | 1.60 | 1.40 | 300 | 180 / 220 | 7/8 |"
+    # --compare-always-drafting: the fourth server's throughput and its ratio to plain get their own columns
+    level.update(domino_always_tok_s=9.0, always_speedup_vs_plain=0.9)
+    wide = _load().markdown_table([level]).splitlines()
+    assert "Domino always drafting tok/s" in wide[0] and wide[0].count("|") == wide[2].count("|") == 14
+    assert wide[2] == "| 1 | 10.0 | 12.5 | 11.0 | 9.0 | 1.25× | 1.14× | 0.90× | 1.60 | 1.40 | 300 | 180 / 220 | 7/8 |"
