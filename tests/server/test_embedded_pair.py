@@ -33,7 +33,11 @@ def embedded_servers(tmp_path_factory):
             cmd = launch_cmd(pair.target, free_port(), *extra, draft=draft)
             # The full Domino server drafts with a bf16 copy of the float32 lm_head (what "auto" picks on a CPU
             # with bf16 units), whatever this CPU is, so that path is checked lossless on the real pair.
-            env = cpu_env(SGLANG_DOMINO_DRAFT_LOGITS_DTYPE="bfloat16") if name == "domino" else cpu_env()
+            # Drafting at every batch size: the three concurrent requests must go through speculative steps
+            # (the automatic switch-off is covered by test_plain_width_steps).
+            env = cpu_env(SGLANG_DOMINO_MAX_SPECULATIVE_BATCH="none")
+            if name == "domino":
+                env["SGLANG_DOMINO_DRAFT_LOGITS_DTYPE"] = "bfloat16"
             proc, t0 = start_server(name, cmd, env, logs / f"{name}.log")
             port = cmd[cmd.index("--port") + 1]
             running[name] = Server(name, f"http://127.0.0.1:{port}", proc, logs / f"{name}.log",
