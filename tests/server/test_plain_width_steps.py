@@ -13,10 +13,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-import torch
 
 from .conftest import Server, cpu_env, free_port, launch_cmd, start_server, stop, wait_ready
-from .test_server_greedy import MAX_TOKENS, make_prompts, run_concurrently
+from .test_server_greedy import MAX_TOKENS, OfflineDrafts, make_prompts, run_concurrently
 
 pytestmark = [pytest.mark.server, pytest.mark.timeout(900)]
 
@@ -97,39 +96,14 @@ def test_both_widths_occur(rounds, switching) -> None:
 def test_drafts_after_plain_width_steps_equal_offline_reference(rounds, switching, tiny) -> None:
     """Full-width blocks drafted after plain-width steps equal the offline rollout on the whole context: the
     context KV was fed during the plain-width steps."""
-    from transformers import AutoModelForCausalLM
-
-    from sglang_domino import draft_from_hidden, load_drafter
-    from sglang_domino.offline import target_features
-
     payloads, _, switched = rounds
-    target = AutoModelForCausalLM.from_pretrained(tiny.target, dtype=torch.float32).eval()
-    drafter = load_drafter(tiny.drafter, dtype=torch.float32)
-    embed = target.get_input_embeddings().weight
-    lm_head = target.get_output_embeddings().weight
-    cfg = drafter.config
+    offline = OfflineDrafts(tiny)
     checked = mismatched = 0
     for payload, out in zip(payloads, switched):
         records = switching.draft_records(payload["rid"])
-        sequence = payload["input_ids"] + out["output_ids"]
-        after_plain = [r for i, r in enumerate(records)
-                       if r["drafts"] and any(not q["drafts"] for q in records[:i]) and r["pos"] < len(sequence)]
-        if not after_plain:
-            continue
-        with torch.no_grad():
-            hs = target(torch.tensor([sequence]), output_hidden_states=True).hidden_states
-            features = target_features(hs, cfg.target_layer_ids)
-        for rec in after_plain[:8]:
-            pos = rec["pos"]
-            assert rec["bonus"] == sequence[pos], (payload["rid"], pos)
-            with torch.no_grad():
-                cache = drafter.new_cache()
-                drafter.append_context(cache, features[:, :pos])
-                bonus = torch.tensor([rec["bonus"]])
-                block = draft_from_hidden(drafter.draft_block_hidden(cache, bonus, embed), bonus, embed, lm_head,
-                                          drafter.head_weights(), shift_label=cfg.shift_label,
-                                          pure_draft_prefix_len=cfg.pure_draft_prefix_len)
-            checked += 1
-            mismatched += block.tokens[0].tolist() != rec["drafts"]
+        after_plain = [r for i, r in enumerate(records) if r["drafts"] and any(not q["drafts"] for q in records[:i])]
+        if after_plain:
+            c, m = offline.count_mismatches(payload["input_ids"] + out["output_ids"], after_plain[:8], payload["rid"])
+            checked, mismatched = checked + c, mismatched + m
     assert checked >= 8, checked
     assert mismatched == 0, f"{mismatched}/{checked} blocks drafted after plain-width steps differ from the offline rollout"

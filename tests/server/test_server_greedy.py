@@ -141,39 +141,55 @@ def test_stop_strings_and_stop_token_ids_inside_blocks(base_round, servers) -> N
     assert inside >= 1, "no stop string / stop token ended inside an accepted block"
 
 
-def test_drafts_equal_offline_reference(base_round, servers, tiny) -> None:
-    """Every logged draft block of a few requests equals the offline rollout on the same context."""
-    from transformers import AutoModelForCausalLM
+class OfflineDrafts:
+    """The offline rollout of the tiny pair, to compare the server's logged draft blocks with."""
 
-    from sglang_domino import draft_from_hidden, load_drafter
-    from sglang_domino.offline import target_features
+    def __init__(self, tiny) -> None:
+        from transformers import AutoModelForCausalLM
 
-    prompts, payloads, _, domino = base_round
-    target = AutoModelForCausalLM.from_pretrained(tiny.target, dtype=torch.float32).eval()
-    drafter = load_drafter(tiny.drafter, dtype=torch.float32)
-    embed = target.get_input_embeddings().weight
-    lm_head = target.get_output_embeddings().weight
-    cfg = drafter.config
-    checked = mismatched = 0
-    for payload, out in list(zip(payloads, domino))[:6]:
-        sequence = payload["input_ids"] + out["output_ids"]
+        from sglang_domino import load_drafter
+
+        self.target = AutoModelForCausalLM.from_pretrained(tiny.target, dtype=torch.float32).eval()
+        self.drafter = load_drafter(tiny.drafter, dtype=torch.float32)
+        self.embed = self.target.get_input_embeddings().weight
+        self.lm_head = self.target.get_output_embeddings().weight
+
+    def count_mismatches(self, sequence: list[int], records: list[dict], rid: str) -> tuple[int, int]:
+        """(checked, mismatched) draft blocks of ``records`` against the rollout on ``sequence[:pos]``."""
+        from sglang_domino import draft_from_hidden
+        from sglang_domino.offline import target_features
+
+        cfg = self.drafter.config
         with torch.no_grad():  # causal target: one forward gives the context features of every prefix
-            hs = target(torch.tensor([sequence]), output_hidden_states=True).hidden_states
+            hs = self.target(torch.tensor([sequence]), output_hidden_states=True).hidden_states
             features = target_features(hs, cfg.target_layer_ids)
-        for rec in servers["domino"].draft_records(payload["rid"]):
+        checked = mismatched = 0
+        for rec in records:
             pos = rec["pos"]
             if pos >= len(sequence):
                 continue  # an overlap-scheduled step after the request finished
-            assert rec["bonus"] == sequence[pos], (payload["rid"], pos)
+            assert rec["bonus"] == sequence[pos], (rid, pos)
             with torch.no_grad():
-                cache = drafter.new_cache()
-                drafter.append_context(cache, features[:, :pos])
+                cache = self.drafter.new_cache()
+                self.drafter.append_context(cache, features[:, :pos])
                 bonus = torch.tensor([rec["bonus"]])
-                block = draft_from_hidden(drafter.draft_block_hidden(cache, bonus, embed), bonus, embed, lm_head,
-                                          drafter.head_weights(), shift_label=cfg.shift_label,
-                                          pure_draft_prefix_len=cfg.pure_draft_prefix_len)
+                hidden = self.drafter.draft_block_hidden(cache, bonus, self.embed)
+                block = draft_from_hidden(hidden, bonus, self.embed, self.lm_head, self.drafter.head_weights(),
+                                          shift_label=cfg.shift_label, pure_draft_prefix_len=cfg.pure_draft_prefix_len)
             checked += 1
             mismatched += block.tokens[0].tolist() != rec["drafts"]
+        return checked, mismatched
+
+
+def test_drafts_equal_offline_reference(base_round, servers, tiny) -> None:
+    """Every logged draft block of a few requests equals the offline rollout on the same context."""
+    prompts, payloads, _, domino = base_round
+    offline = OfflineDrafts(tiny)
+    checked = mismatched = 0
+    for payload, out in list(zip(payloads, domino))[:6]:
+        c, m = offline.count_mismatches(payload["input_ids"] + out["output_ids"],
+                                        servers["domino"].draft_records(payload["rid"]), payload["rid"])
+        checked, mismatched = checked + c, mismatched + m
     assert checked >= 20
     assert mismatched == 0, f"{mismatched}/{checked} draft blocks differ from the offline rollout"
 
