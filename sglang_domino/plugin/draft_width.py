@@ -88,7 +88,8 @@ class WidthStates:
                                "for sglang 0.5.23")
         self._worker = worker
         self._make_state = make_state
-        self.current = int(worker.block_size)
+        self.full_width = int(worker.block_size)  # the configured width, the one between steps
+        self.current = self.full_width
         self._saved: dict[int, dict[str, Any]] = {}
 
     def use(self, width: int) -> None:

@@ -153,7 +153,6 @@ class DominoWorker(DFlashWorkerV2):
         # Resolved once: a bad $SGLANG_DOMINO_DRAFT_TEMPERATURE_SCALE stops the server at start, not mid-request.
         self._draft_temperature_scale = resolve_draft_temperature_scale()
         self._max_speculative_batch = resolve_max_speculative_batch(torch.device(self.device).type)
-        self._full_width = int(self.block_size)
         self._widths = WidthStates(self, self._fresh_width_state)
         if self._max_speculative_batch is not None:
             runner = getattr(self.target_worker.model_runner, "decode_cuda_graph_runner", None)
@@ -228,7 +227,7 @@ class DominoWorker(DFlashWorkerV2):
             # and Tensor.record_stream rejects it. An instance attribute shadows the method for this tensor only.
             seq_lens.record_stream = lambda stream: None
             shimmed = True
-        width = step_width(len(batch.seq_lens), self._full_width, self._max_speculative_batch) if decode else None
+        width = step_width(len(batch.seq_lens), self._widths.full_width, self._max_speculative_batch) if decode else None
         plain_width = width == 1
         if width is not None:
             self._widths.use(width)
@@ -243,7 +242,7 @@ class DominoWorker(DFlashWorkerV2):
             if plain_width:
                 del self.draft_model_runner.forward
             if width is not None:
-                self._widths.use(self._full_width)
+                self._widths.use(self._widths.full_width)
             if shimmed:
                 del seq_lens.record_stream
             self._domino_batch = None

@@ -118,6 +118,11 @@ def build_flex_block_mask(anchors: torch.Tensor, keep: torch.Tensor, context_len
                              device=anchors.device)
 
 
+def slot_positions(anchors: torch.Tensor, block_size: int, offset: int = 0) -> torch.Tensor:
+    """Sequence position ``a + k + offset`` of every slot k of every anchored block -> [N, W, B]."""
+    return anchors[:, :, None] + torch.arange(block_size, device=anchors.device) + offset
+
+
 def gather_labels(
     input_ids: torch.Tensor,
     loss_mask: torch.Tensor,
@@ -135,7 +140,7 @@ def gather_labels(
     n, t = input_ids.shape
     w = anchors.shape[1]
     shift = 1 if shift_label else 0
-    idx = anchors[:, :, None] + torch.arange(block_size, device=anchors.device) + shift  # [N, W, B]
+    idx = slot_positions(anchors, block_size, shift)  # [N, W, B]
     inside = idx < lengths.to(idx.device)[:, None, None]
     safe = idx.clamp(max=t - 1).reshape(n, w * block_size)
     labels = torch.gather(input_ids, 1, safe).reshape(n, w, block_size)
@@ -150,7 +155,7 @@ def block_prefix_ids(input_ids: torch.Tensor, anchors: torch.Tensor, block_size:
     """The real tokens ``x[a .. a+B−1]`` of every block -> [N, W, B] (the head's teacher-forced GRU inputs)."""
     n, t = input_ids.shape
     w = anchors.shape[1]
-    idx = (anchors[:, :, None] + torch.arange(block_size, device=anchors.device)).clamp(max=t - 1)
+    idx = slot_positions(anchors, block_size).clamp(max=t - 1)
     return torch.gather(input_ids, 1, idx.reshape(n, w * block_size)).reshape(n, w, block_size)
 
 
@@ -166,7 +171,7 @@ def teacher_hidden_for_slots(
     n, t, h = teacher_hidden.shape
     w = anchors.shape[1]
     shift = 1 if shift_label else 0
-    idx = (anchors[:, :, None] + torch.arange(block_size, device=anchors.device) + shift - 1).clamp(0, t - 1)
+    idx = slot_positions(anchors, block_size, shift - 1).clamp(0, t - 1)
     gathered = torch.gather(teacher_hidden, 1, idx.reshape(n, w * block_size, 1).expand(n, w * block_size, h))
     return gathered.view(n, w, block_size, h)
 
@@ -179,6 +184,7 @@ __all__ = [
     "build_flex_block_mask",
     "gather_labels",
     "sample_anchors",
+    "slot_positions",
     "teacher_hidden_for_slots",
     "valid_anchor_mask",
 ]

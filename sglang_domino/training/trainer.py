@@ -948,13 +948,16 @@ def train(args: argparse.Namespace) -> dict:
                 config.target_layer_ids, total_steps)
     run_info = {"total_steps": total_steps, "num_examples": len(examples), "args": _jsonable(vars(args))}
 
+    n_feat = len(config.target_layer_ids) * int(text_cfg.hidden_size)
+    n_columns = n_feat + (int(text_cfg.hidden_size) if distill else 0)  # a teacher cache's extra H only if used
+
     def features_for(idx: list[int], ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         if cache is not None:
             t = ids.shape[1]
-            feats = torch.zeros(len(idx), t, cache.get(idx[0]).shape[-1], dtype=torch.float32)
+            feats = torch.zeros(len(idx), t, n_columns, dtype=torch.float32)
             for row, i in enumerate(idx):
                 f = cache.get(i)
-                feats[row, : f.shape[0]] = f.float()
+                feats[row, : f.shape[0]] = f[:, :n_columns].float()
             return feats
         att = (torch.arange(ids.shape[1])[None, :] < lengths[:, None]).long()
         feats = extractor(ids, att).float().cpu()
@@ -965,8 +968,7 @@ def train(args: argparse.Namespace) -> dict:
         ids, lmask, lengths = pad_batch([examples[i] if i < len(examples) else val_examples[i - len(examples)]
                                          for i in idx])
         columns = features_for(idx, ids, lengths).to(device)
-        n_feat = len(config.target_layer_ids) * int(text_cfg.hidden_size)
-        teacher = columns[..., n_feat:] if distill else None  # the target's final hidden state, when stored
+        teacher = columns[..., n_feat:] if distill else None  # the target's final hidden state
         return TrainBatch(ids.to(device), lmask.to(device), lengths.to(device), columns[..., :n_feat], teacher)
 
     def val_batches() -> Iterator[TrainBatch]:
@@ -1148,7 +1150,7 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
                    help="soft-label distillation: each slot's target is (1-ALPHA)·one-hot(data token) + "
                         "ALPHA·softmax(target logits at that position), the target's whole next-token distribution "
                         "rather than its argmax only (the feature cache then also stores the target's final hidden "
-                        "state, so it needs its own --feature-cache dir); validation losses stay hard CE")
+                        "state; a cache built without it cannot serve this); validation losses stay hard CE")
     o.add_argument("--device", default=None,
                    help="cpu, cuda, cuda:1, ... (default: cuda when available, else cpu; CUDA is untested here)")
     o.add_argument("--attention", choices=["auto", "sdpa", "flex"], default="auto",
