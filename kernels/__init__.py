@@ -6,6 +6,8 @@
   with bf16 inputs the fused path is the fp32-accurate one, see :mod:`.triton_correction`).
 * :func:`gru_cell` - one GRU step: the Triton kernel for CUDA tensors outside autograd, the eager
   reference otherwise.
+* :mod:`.cpu_linear` - float32 products of a few rows on CPU (the target's linears through the plugin's
+  hooks, and drafting's base logits): packed-weight oneDNN or ``(W @ xᵀ)ᵀ``, same results as ``F.linear``.
 * Triton entry points (``triton_gru_cell``, ``gru_cell_tokens``, ``fused_correction_argmax``,
   ``fused_correction_sample_stats``, ``correction_loop_fused``, ...) are loaded lazily: importing this
   package never imports ``triton``, so a process can still choose the Triton interpreter

@@ -14,11 +14,10 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 
 from sglang_domino import kernels
 from sglang_domino.hardware import cpu_has_bf16_units
-from sglang_domino.kernels import DominoHeadWeights
+from sglang_domino.kernels import DominoHeadWeights, cpu_linear
 from sglang_domino.sampling import SamplingParams, filtered_probs, sample_from
 
 
@@ -153,8 +152,10 @@ def draft_from_hidden(
     n, p, h = z.shape
     # One 2-D GEMM over every slot of every request: z is a strided slice of the block, and a 3-D strided input
     # makes CPU F.linear run ~6x slower at 16 requests (measured: 619 vs 103 ms for [16, 3, 576] x [49152, 576]).
+    # In float32 on CPU it goes through the packed-weight kernels (F.linear took 32 ms for the 3 rows of a width-4
+    # step on an AVX2 machine, the packed head 5 ms: kernels/cpu_linear.py).
     z_for_logits = z.to(lm_head_weight.dtype).reshape(n * p, h)
-    base_logits = F.linear(z_for_logits, lm_head_weight).view(n, p, -1).to(z.dtype)  # [N, P, V]
+    base_logits = cpu_linear.linear(z_for_logits, lm_head_weight).view(n, p, -1).to(z.dtype)  # [N, P, V]
     if sampling is None:
         tokens, _ = kernels.correction_loop(base_logits, z, bonus_tokens, embed_weight, head, pure_draft_prefix_len)
         return DraftBlock(tokens)

@@ -1,102 +1,39 @@
 """CPU fast paths the plugin installs in every SGLang process on CPU, plain serving included (same results).
 
-1. Float32 linear layers (:func:`fast_linear`; hooks on ``UnquantizedLinearMethod.apply`` and
-   ``LogitsProcessor._compute_lm_head``): one or two rows as ``(W @ xᵀ)ᵀ`` (:func:`small_batch_linear`), three or
-   more through oneDNN with the weight packed once per layer (:func:`packed_linear`).
+1. Float32 linear layers (hooks on ``UnquantizedLinearMethod.apply`` and ``LogitsProcessor._compute_lm_head``):
+   the kernels of :mod:`sglang_domino.kernels.cpu_linear` -- one or two rows as ``(W @ xᵀ)ᵀ``, three or more
+   through oneDNN with the weight packed once per layer (why and measured costs: that module).
 2. torch_native *decode* attention gathering each request's keys with ``index_select`` (:func:`sdpa_decode`):
    the same attention as upstream's ``_run_sdpa_forward_decode``; see
    :func:`sglang_domino.plugin.hooks.sdpa_new_tokens_only`, which the verify and draft extends use (both loop
    through :func:`~sglang_domino.plugin.hooks.sdpa_over_requests`).
 
 Both are installed for plain servers too, so a benchmark compares plain, backbone and Domino servers on the same
-kernels. ``SGLANG_DOMINO_CPU_FAST_PATHS=0`` turns both off (upstream's code runs unchanged).
+kernels. ``SGLANG_DOMINO_CPU_FAST_PATHS=0`` turns both off (upstream's code runs unchanged), and with them the
+same kernels in Domino's drafting.
 
-Why the linear paths: on this machine kind (2 cores, AVX-512, no AMX) ``F.linear(x, W)`` for a float32 ``x`` of
-a few rows runs far below what the memory system gives: for one row MKL's gemv is slow, and for a few rows its
-sgemm packs the *weight* (the large operand) on every call. A speculative verify is exactly such a call
-(``batch × draft_tokens`` rows). Written as ``(W @ xᵀ)ᵀ`` MKL packs the small operand instead, which is the
-fastest way found for one or two rows; from three rows on, oneDNN with a weight packed ahead of time (its blocked
-layout, made once per layer and kept) is faster at every size measured, prefill included. SmolLM2-135M's shapes
-(30 layers' linears + lm_head, float32, 2 threads, weights not in cache;
-``benchmarks/results/exploration/cpu_linear_gemm.{py,txt}``), ms per forward, F.linear / small / packed:
-1 row 50 / 22 / 30, 4 rows 67 / 30 / 24, 8 rows 63 / 63 / 29, 16 rows 76 / 65 / 37, 64 rows 197 / 166 / 116,
-512 rows 862 / 1,032 / 728 (three more runs, with other layout hints, agreed within noise).
-
-The result is the same product (float32, another summation order, as between any two GEMM shapes); oneDNN's row
-results do not depend on the other rows of the batch. The packed copies cost the weights' size again in memory
-(540 MB for SmolLM2-135M in float32), and while one exists SGLang refuses online weight updates (which write
-through ``param.data``, invisible to any check) with a message naming the switch. bfloat16 and other dtypes keep
-upstream's ``F.linear`` (oneDNN handles small bf16 batches well), as does any device but CPU; without oneDNN
-weight packing in this torch build, :func:`small_batch_linear` covers up to :data:`MAX_SMALL_ROWS` rows.
+The packed copies cost the weights' size again in memory (540 MB for SmolLM2-135M in float32), and while one
+exists SGLang refuses online weight updates (which write through ``param.data``, invisible to any check) with a
+message naming the switch.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
-import os
 from typing import Any, Optional
 
 import torch
-import torch.nn.functional as F
+
+from sglang_domino.kernels import cpu_linear
+from sglang_domino.kernels.cpu_linear import ENV_SWITCH, enabled, parse_switch  # noqa: F401  (re-exported)
 
 logger = logging.getLogger(__name__)
 
-ENV_SWITCH = "SGLANG_DOMINO_CPU_FAST_PATHS"
-# Rows served by small_batch_linear when oneDNN packing is there (measured fastest for 1-2 rows) and when it is not.
-SMALL_ROWS = 2
-MAX_SMALL_ROWS = 32
-# The batch size oneDNN picks the packed layout for; layouts for 4, 32 and 128 measured the same from 1 to 512 rows
-# (1 was slower from 4 rows on).
-PACK_HINT_ROWS = 32
-_PACKED_ATTR = "_domino_onednn_weight"
 DERIVED_WEIGHT_ERROR_ATTR = "_derived_weight_cache_error"  # read by SGLang's weight updater (contract)
-
-
-def parse_switch(value: Optional[str]) -> bool:
-    """``SGLANG_DOMINO_CPU_FAST_PATHS``: unset/1/true/yes/on -> on, 0/false/no/off -> off, anything else ValueError."""
-    text = (value if value is not None else "1").strip().lower()
-    if text in ("1", "true", "yes", "on", ""):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"{ENV_SWITCH}={value!r}: expected 1 or 0")
-
-
-@functools.lru_cache(maxsize=1)
-def enabled() -> bool:
-    """Whether the CPU fast paths are on in this process (read once).
-
-    A bad value turns them off with an error in the log rather than failing a forward pass; a Domino server refuses
-    to start on it (:func:`sglang_domino.plugin.validate.check_drafting_env`).
-    """
-    try:
-        return parse_switch(os.environ.get(ENV_SWITCH))
-    except ValueError as exc:
-        logger.error("%s; CPU fast paths off", exc)
-        return False
-
-
-def applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """True when ``F.linear(x, weight)`` is a float32 CPU product without autograd that :func:`fast_linear` may take."""
-    return (x.device.type == "cpu" and weight.device.type == "cpu"
-            and x.dtype == torch.float32 and weight.dtype == torch.float32
-            and weight.dim() == 2 and x.dim() >= 1 and x.shape[-1] == weight.shape[1] and x.numel() > 0
-            and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)))
-
-
-@functools.lru_cache(maxsize=1)
-def onednn_packing_available() -> bool:
-    """Whether this torch build packs linear weights for oneDNN (checked once on a tiny product)."""
-    try:
-        weight, x = torch.randn(8, 4), torch.randn(3, 4)
-        packed = torch.ops.mkldnn._reorder_linear_weight(weight, PACK_HINT_ROWS)
-        got = torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
-        torch.testing.assert_close(got, F.linear(x, weight), rtol=1e-4, atol=1e-4)
-        return True
-    except Exception as exc:  # a build without oneDNN, or ops renamed in another torch
-        logger.warning("oneDNN weight packing unavailable (%s); small float32 linears use MKL only", exc)
-        return False
+PACKED_WEIGHTS_REFUSAL = (
+    f"Online weight updates are not supported while the Domino plugin's CPU fast paths keep oneDNN-packed copies "
+    f"of the float32 weights (they would keep the old values); restart the server with {ENV_SWITCH}=0 to use "
+    f"online weight updates.")
 
 
 def refuse_online_weight_updates(module: Any, reason: str) -> None:
@@ -112,69 +49,15 @@ def refuse_online_weight_updates(module: Any, reason: str) -> None:
     setattr(module, DERIVED_WEIGHT_ERROR_ATTR, f"{existing} {reason}" if existing else reason)
 
 
-def weight_copy_key(weight: torch.Tensor) -> tuple:
-    """When a copy derived from ``weight`` is stale: another tensor, or a write through autograd-visible ops.
-
-    Address, geometry and version counter. A cache keyed on it must hold ``weight`` itself, so that its memory
-    cannot be freed and reused by another tensor at the same address; a view with the same address and geometry
-    has the same values.
-    """
-    return (weight.data_ptr(), tuple(weight.shape), weight.stride(), weight._version)
-
-
-def packed_weight(module: Any, weight: torch.Tensor) -> torch.Tensor:
-    """``module``'s oneDNN-packed copy of ``weight`` [out, in], made on first use and kept on the module
-    (remade when :func:`weight_copy_key` changes)."""
-    key = weight_copy_key(weight)
-    cached = getattr(module, _PACKED_ATTR, None)
-    if cached is not None and cached[1] == key:
-        return cached[2]
-    packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), PACK_HINT_ROWS)
-    setattr(module, _PACKED_ATTR, (weight, key, packed))
-    refuse_online_weight_updates(
-        module, f"Online weight updates are not supported while the Domino plugin's CPU fast paths keep "
-                f"oneDNN-packed copies of the float32 weights (they would keep the old values); restart the "
-                f"server with {ENV_SWITCH}=0 to use online weight updates.")
-    return packed
-
-
-def packed_linear(module: Any, x: torch.Tensor, weight: torch.Tensor,
-                  bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """``F.linear(x, weight, bias)`` through oneDNN with ``module``'s packed weight. x [..., in] -> [..., out]."""
-    rows = x.reshape(-1, x.shape[-1]).contiguous()
-    out = torch.ops.mkldnn._linear_pointwise(rows, packed_weight(module, weight), bias, "none", [], "")
-    return out.view(*x.shape[:-1], weight.shape[0])
+def _refuse_updates_while_packed(module: Any) -> None:
+    refuse_online_weight_updates(module, PACKED_WEIGHTS_REFUSAL)
 
 
 def fast_linear(module: Any, x: torch.Tensor, weight: torch.Tensor,
                 bias: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
-    """``F.linear(x, weight, bias)`` by the fastest path measured for its row count, or None for upstream's."""
-    if not (applies(x, weight) and enabled()):
-        return None
-    rows = x.numel() // weight.shape[1]
-    if rows > SMALL_ROWS and onednn_packing_available():
-        return packed_linear(module, x, weight, bias)
-    if rows <= MAX_SMALL_ROWS:
-        return small_batch_linear(x, weight, bias)
-    return None
-
-
-def small_batch_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """``F.linear(x, weight, bias)`` as ``(weight @ x_rowsᵀ)ᵀ``. x [..., in], weight [out, in] -> [..., out].
-
-    One row is duplicated: MKL's two-column sgemm streams the weight about twice as fast as its gemv.
-    """
-    rows = x.reshape(-1, x.shape[-1])
-    single = rows.shape[0] == 1
-    if single:
-        rows = torch.cat((rows, rows))
-    out = torch.mm(weight, rows.t()).t()
-    if single:
-        out = out[:1]
-    out = out.contiguous()
-    if bias is not None:
-        out += bias
-    return out.view(*x.shape[:-1], weight.shape[0])
+    """:func:`sglang_domino.kernels.cpu_linear.fast_linear` for an SGLang layer: a packed copy is kept on
+    ``module`` and makes SGLang refuse online weight updates for it. None = upstream's product."""
+    return cpu_linear.fast_linear(module, x, weight, bias, on_new_copy=_refuse_updates_while_packed)
 
 
 # The AROUND hooks (registered by :func:`sglang_domino.plugin.hooks.register_hooks`; targets in the contract).

@@ -88,7 +88,7 @@ def check_drafting_env() -> None:
 
     import torch
 
-    from sglang_domino.plugin.cpu_fast_paths import ENV_SWITCH, parse_switch
+    from sglang_domino.kernels.cpu_linear import ENV_SWITCH, parse_switch
     from sglang_domino.plugin.draft_width import resolve_max_speculative_batch
     from sglang_domino.rollout import draft_logits_dtype, resolve_draft_temperature_scale
 

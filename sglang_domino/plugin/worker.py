@@ -48,7 +48,7 @@ from sglang.srt.speculative.dflash_worker_v2 import (
 from sglang.srt.speculative.draft_worker_common import build_block_pos_offsets, make_draft_block_spec_info
 
 from sglang_domino.config import DominoConfig
-from sglang_domino.kernels import DominoHeadWeights
+from sglang_domino.kernels import DominoHeadWeights, cpu_linear
 from sglang_domino.plugin import cpu_fast_paths
 from sglang_domino.plugin.draft_width import (
     MAX_SPECULATIVE_BATCH_ENV,
@@ -168,6 +168,9 @@ class DominoWorker(DFlashWorkerV2):
         drafting_dtype = draft_logits_dtype(target_lm_head)
         if drafting_dtype != target_lm_head.dtype:
             refuse_online_weight_updates(target_lm_head_module, drafting_dtype)
+        elif cpu_linear.applies(target_lm_head[:1].detach(), target_lm_head.detach()) and cpu_linear.enabled():
+            # Drafting's base-logit GEMM keeps a oneDNN-packed copy of the float32 head (kernels.cpu_linear.linear).
+            cpu_fast_paths.refuse_online_weight_updates(target_lm_head_module, cpu_fast_paths.PACKED_WEIGHTS_REFUSAL)
         logger.info(
             "Domino worker ready: block_size=%d, shift_label=%s, pure_draft_prefix_len=%d, head=%s, device=%s, "
             "draft logits in %s (target lm_head %s), exact full-vocabulary correction, sampled drafts at %.2f x the "
@@ -191,7 +194,7 @@ class DominoWorker(DFlashWorkerV2):
     def _target_weights(self, lm_head) -> tuple[torch.Tensor, torch.Tensor]:
         """(embed [V, H], drafting lm_head [V, H]); the latter in the drafting precision, converted once.
 
-        The converted copy is keyed by :func:`~sglang_domino.plugin.cpu_fast_paths.weight_copy_key` of the sliced
+        The converted copy is keyed by :func:`~sglang_domino.kernels.cpu_linear.weight_copy_key` of the sliced
         head (held with it): a swapped tensor or an autograd-visible in-place write re-converts it. SGLang's online weight loaders write through ``param.data``, which
         no counter sees; while a converted copy exists those updates are refused instead
         (:func:`refuse_online_weight_updates`)."""
@@ -199,7 +202,7 @@ class DominoWorker(DFlashWorkerV2):
         target_model = self.target_worker.model_runner.model
         embed = unwrap_lora_layer(_resolve_dflash_embedding_module(self.draft_model, target_model))
         weight = lm_head.weight[:vocab]
-        key = cpu_fast_paths.weight_copy_key(weight)
+        key = cpu_linear.weight_copy_key(weight)
         if self._drafting_lm_head is None or self._drafting_lm_head[1] != key:
             self._drafting_lm_head = (weight, key, drafting_lm_head(weight))
         return embed.weight[:vocab], self._drafting_lm_head[2]

@@ -1,4 +1,5 @@
-"""The CPU fast paths installed in every SGLang process (plugin/cpu_fast_paths.py) compute what upstream computes."""
+"""The CPU fast-path hooks installed in every SGLang process (plugin/cpu_fast_paths.py) compute what upstream
+computes (the kernels themselves: tests/kernels/test_cpu_linear.py)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from sglang_domino.kernels import cpu_linear
 from sglang_domino.plugin import cpu_fast_paths
-from sglang_domino.plugin.cpu_fast_paths import (MAX_SMALL_ROWS, applies, fast_linear, packed_linear, parse_switch,
-                                                 small_batch_linear)
 
 
 @pytest.fixture(autouse=True)
@@ -21,54 +21,8 @@ def _fresh_switch(monkeypatch):
     cpu_fast_paths.enabled.cache_clear()
 
 
-@pytest.mark.parametrize("shape", [(1, 48), (2, 48), (4, 48), (7, 48), (MAX_SMALL_ROWS, 48), (2, 3, 48)])
-@pytest.mark.parametrize("with_bias", [False, True])
-def test_small_batch_linear_equals_f_linear(shape, with_bias: bool) -> None:
-    g = torch.Generator().manual_seed(0)
-    x, weight = torch.randn(*shape, generator=g), torch.randn(80, 48, generator=g)
-    bias = torch.randn(80, generator=g) if with_bias else None
-    got = small_batch_linear(x, weight, bias)
-    assert got.shape == (*shape[:-1], 80) and got.is_contiguous()
-    torch.testing.assert_close(got, F.linear(x, weight, bias), rtol=1e-5, atol=1e-5)
-
-
-def test_applies_only_to_float32_cpu_products_without_grad() -> None:
-    w = torch.randn(8, 4)
-    assert applies(torch.randn(3, 4), w) and applies(torch.randn(500, 4), w)
-    assert not applies(torch.randn(3, 4, dtype=torch.bfloat16), w.bfloat16())  # bf16: oneDNN is fine
-    assert not applies(torch.randn(3, 4, device="meta"), w)
-    assert not applies(torch.randn(3, 5), w)
-    assert not applies(torch.randn(0, 4), w)
-    assert not applies(torch.randn(3, 4, requires_grad=True), w)
-    with torch.no_grad():
-        assert applies(torch.randn(3, 4, requires_grad=True), w)
-
-
-needs_onednn = pytest.mark.skipif(not cpu_fast_paths.onednn_packing_available(),
+needs_onednn = pytest.mark.skipif(not cpu_linear.onednn_packing_available(),
                                   reason="this torch build cannot pack weights for oneDNN")
-
-
-@needs_onednn
-@pytest.mark.parametrize("shape", [(3, 48), (4, 48), (33, 48), (300, 48), (2, 5, 48)])
-@pytest.mark.parametrize("with_bias", [False, True])
-def test_packed_linear_equals_f_linear(shape, with_bias: bool) -> None:
-    g = torch.Generator().manual_seed(0)
-    x, weight = torch.randn(*shape, generator=g), torch.randn(80, 48, generator=g)
-    bias = torch.randn(80, generator=g) if with_bias else None
-    module = SimpleNamespace()
-    got = packed_linear(module, x, weight, bias)
-    assert got.shape == (*shape[:-1], 80)
-    torch.testing.assert_close(got, F.linear(x, weight, bias), rtol=1e-5, atol=1e-5)
-
-
-@needs_onednn
-def test_packed_rows_do_not_depend_on_the_rest_of_the_batch() -> None:
-    """A request's logits must not change with what it is batched with (verify rows vs a lone decode row)."""
-    g = torch.Generator().manual_seed(1)
-    x, weight, module = torch.randn(16, 64, generator=g), torch.randn(200, 64, generator=g), SimpleNamespace()
-    together = packed_linear(module, x, weight)
-    for rows in (slice(0, 3), slice(5, 9), slice(3, 16)):
-        assert torch.equal(packed_linear(module, x[rows], weight), together[rows])
 
 
 @needs_onednn
@@ -81,41 +35,16 @@ def test_packed_weight_is_made_once_remade_on_a_new_weight_and_refuses_online_up
     layer, x = model[0], torch.randn(4, 8)
     assert _unsupported_derived_weight_cache_error(model) is None
     with torch.no_grad():
-        first = packed_linear(layer, x, layer.weight)
-        packed = cpu_fast_paths.packed_weight(layer, layer.weight)
-        assert cpu_fast_paths.packed_weight(layer, layer.weight) is packed  # kept, not repacked per call
+        first = cpu_fast_paths.fast_linear(layer, x, layer.weight)
+        packed = cpu_linear.packed_weight(layer, layer.weight)
+        assert cpu_linear.packed_weight(layer, layer.weight) is packed  # kept, not repacked per call
         error = _unsupported_derived_weight_cache_error(model)
         assert error is not None and f"{cpu_fast_paths.ENV_SWITCH}=0" in error
         layer.weight.mul_(2)  # an autograd-visible write bumps the version: repacked
-        torch.testing.assert_close(packed_linear(layer, x, layer.weight), 2 * first, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(cpu_fast_paths.fast_linear(layer, x, layer.weight), 2 * first, rtol=1e-5, atol=1e-5)
         layer.weight = torch.nn.Parameter(torch.randn(16, 8))  # another tensor: repacked
-        torch.testing.assert_close(packed_linear(layer, x, layer.weight), F.linear(x, layer.weight),
+        torch.testing.assert_close(cpu_fast_paths.fast_linear(layer, x, layer.weight), F.linear(x, layer.weight),
                                    rtol=1e-5, atol=1e-5)
-
-
-def test_fast_linear_picks_the_path_by_rows(monkeypatch) -> None:
-    w, module = torch.randn(8, 4), SimpleNamespace()
-    calls = []
-    monkeypatch.setattr(cpu_fast_paths, "small_batch_linear", lambda *a: calls.append("small") or "small")
-    monkeypatch.setattr(cpu_fast_paths, "packed_linear", lambda *a: calls.append("packed") or "packed")
-    monkeypatch.setattr(cpu_fast_paths, "onednn_packing_available", lambda: True)
-    assert [fast_linear(module, torch.randn(r, 4), w) for r in (1, 2, 3, 500)] == ["small", "small", "packed", "packed"]
-    monkeypatch.setattr(cpu_fast_paths, "onednn_packing_available", lambda: False)
-    assert fast_linear(module, torch.randn(MAX_SMALL_ROWS, 4), w) == "small"
-    assert fast_linear(module, torch.randn(MAX_SMALL_ROWS + 1, 4), w) is None  # upstream's GEMM
-    assert fast_linear(module, torch.randn(3, 4, dtype=torch.bfloat16), w.bfloat16()) is None
-
-
-@pytest.mark.parametrize("value, expected", [(None, True), ("1", True), ("on", True), ("0", False), ("off", False)])
-def test_switch_values(value, expected: bool) -> None:
-    assert parse_switch(value) is expected
-
-
-def test_bad_switch_turns_paths_off_instead_of_failing_a_forward(monkeypatch) -> None:
-    with pytest.raises(ValueError, match="SGLANG_DOMINO_CPU_FAST_PATHS='maybe'"):
-        parse_switch("maybe")
-    monkeypatch.setenv(cpu_fast_paths.ENV_SWITCH, "maybe")
-    assert cpu_fast_paths.enabled() is False
 
 
 def _original(tag: str):

@@ -1,4 +1,4 @@
-"""Float32 linear cost on CPU for SmolLM2-135M's shapes: F.linear vs the paths of sglang_domino.plugin.cpu_fast_paths.
+"""Float32 linear cost on CPU for SmolLM2-135M's shapes: F.linear vs the paths of sglang_domino.kernels.cpu_linear.
 
 small  = (W @ xᵀ)ᵀ (small_batch_linear); packed = oneDNN with the weight packed once (packed_linear).
 30 layers' qkv/o/gate_up/down weights + the lm_head (540 MB, so not cache-resident), 2 threads, min over 3 runs.
@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import torch
 import torch.nn.functional as F
 
-from sglang_domino.plugin.cpu_fast_paths import packed_linear, small_batch_linear
+from sglang_domino.kernels.cpu_linear import packed_linear, small_batch_linear
 
 torch.set_num_threads(2)
 torch.manual_seed(0)

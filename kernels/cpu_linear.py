@@ -1,0 +1,172 @@
+"""Float32 linear products of a few rows on CPU, at the speed the memory system gives (same results as F.linear).
+
+Used for the target's linears and lm_head in every CPU SGLang process (through the hooks of
+:mod:`sglang_domino.plugin.cpu_fast_paths`) and for the drafter's base logits (:func:`linear`, called by
+:func:`sglang_domino.rollout.draft_from_hidden`), which is the same product against the target's lm_head.
+
+Why: on CPU ``F.linear(x, W)`` for a float32 ``x`` of a few rows runs far below what the memory system gives: for
+one row MKL's gemv is slow, and for a few rows its sgemm packs the *weight* (the large operand) on every call. A
+speculative verify is exactly such a call (``batch × draft_tokens`` rows), and so is drafting (``batch × (W−1)``
+rows against the [V, H] lm_head). Written as ``(W @ xᵀ)ᵀ`` MKL packs the small operand instead, which is the
+fastest way found for one or two rows; from three rows on, oneDNN with a weight packed ahead of time (its blocked
+layout, made once per weight and kept) is faster at every size measured, prefill included. SmolLM2-135M's shapes
+(30 layers' linears + lm_head, float32, 2 threads, weights not in cache;
+``benchmarks/results/exploration/cpu_linear_gemm.{py,txt}``), ms per forward, F.linear / small / packed, on an
+AVX-512 machine: 1 row 50 / 22 / 30, 4 rows 67 / 30 / 24, 8 rows 63 / 63 / 29, 16 rows 76 / 65 / 37, 64 rows
+197 / 166 / 116, 512 rows 862 / 1,032 / 728; on an AVX2-only machine (2026-12-03): 1 row 45 / 22 / 25, 3 rows
+100 / 32 / 27, 4 rows 64 / 30 / 29, 16 rows 84 / 77 / 49. The lm_head alone ([49152, 576]) for the 3 draft rows
+of a width-4 step on that AVX2 machine: F.linear 32 ms, packed 5 ms.
+
+The result is the same product (float32, another summation order, as between any two GEMM shapes); oneDNN's row
+results do not depend on the other rows of the batch. A packed copy costs its weight's size again in memory.
+bfloat16 and other dtypes are left to ``F.linear`` (oneDNN handles small bf16 batches well), as is any device but
+CPU; without oneDNN weight packing in this torch build, :func:`small_batch_linear` covers up to
+:data:`MAX_SMALL_ROWS` rows. ``SGLANG_DOMINO_CPU_FAST_PATHS=0`` turns all of it off.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from typing import Any, Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+logger = logging.getLogger(__name__)
+
+ENV_SWITCH = "SGLANG_DOMINO_CPU_FAST_PATHS"
+# Rows served by small_batch_linear when oneDNN packing is there (measured fastest for 1-2 rows) and when it is not.
+SMALL_ROWS = 2
+MAX_SMALL_ROWS = 32
+# The batch size oneDNN picks the packed layout for; layouts for 4, 32 and 128 measured the same from 1 to 512 rows
+# (1 was slower from 4 rows on).
+PACK_HINT_ROWS = 32
+_PACKED_ATTR = "_domino_onednn_weight"
+
+
+def parse_switch(value: Optional[str]) -> bool:
+    """``SGLANG_DOMINO_CPU_FAST_PATHS``: unset/1/true/yes/on -> on, 0/false/no/off -> off, anything else ValueError."""
+    text = (value if value is not None else "1").strip().lower()
+    if text in ("1", "true", "yes", "on", ""):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{ENV_SWITCH}={value!r}: expected 1 or 0")
+
+
+@functools.lru_cache(maxsize=1)
+def enabled() -> bool:
+    """Whether the CPU fast paths are on in this process (read once).
+
+    A bad value turns them off with an error in the log rather than failing a forward pass; a Domino server refuses
+    to start on it (:func:`sglang_domino.plugin.validate.check_drafting_env`).
+    """
+    try:
+        return parse_switch(os.environ.get(ENV_SWITCH))
+    except ValueError as exc:
+        logger.error("%s; CPU fast paths off", exc)
+        return False
+
+
+def applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """True when ``F.linear(x, weight)`` is a float32 CPU product without autograd that :func:`fast_linear` may take."""
+    return (x.device.type == "cpu" and weight.device.type == "cpu"
+            and x.dtype == torch.float32 and weight.dtype == torch.float32
+            and weight.dim() == 2 and x.dim() >= 1 and x.shape[-1] == weight.shape[1] and x.numel() > 0
+            and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)))
+
+
+@functools.lru_cache(maxsize=1)
+def onednn_packing_available() -> bool:
+    """Whether this torch build packs linear weights for oneDNN (checked once on a tiny product)."""
+    try:
+        weight, x = torch.randn(8, 4), torch.randn(3, 4)
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight, PACK_HINT_ROWS)
+        got = torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
+        torch.testing.assert_close(got, F.linear(x, weight), rtol=1e-4, atol=1e-4)
+        return True
+    except Exception as exc:  # a build without oneDNN, or ops renamed in another torch
+        logger.warning("oneDNN weight packing unavailable (%s); small float32 linears use MKL only", exc)
+        return False
+
+
+def weight_copy_key(weight: torch.Tensor) -> tuple:
+    """When a copy derived from ``weight`` is stale: another tensor, or a write through autograd-visible ops.
+
+    Address, geometry and version counter. A cache keyed on it must hold ``weight`` itself, so that its memory
+    cannot be freed and reused by another tensor at the same address; a view with the same address and geometry
+    has the same values.
+    """
+    return (weight.data_ptr(), tuple(weight.shape), weight.stride(), weight._version)
+
+
+OnNewCopy = Callable[[Any], None]
+
+
+def packed_weight(owner: Any, weight: torch.Tensor, on_new_copy: Optional[OnNewCopy] = None) -> torch.Tensor:
+    """``owner``'s oneDNN-packed copy of ``weight`` [out, in], made on first use and kept as an attribute of
+    ``owner`` (a module, or the weight tensor itself); remade when :func:`weight_copy_key` changes.
+    ``on_new_copy(owner)`` runs whenever a copy is made (SGLang's glue uses it to refuse online weight updates)."""
+    key = weight_copy_key(weight)
+    cached = getattr(owner, _PACKED_ATTR, None)
+    if cached is not None and cached[1] == key:
+        return cached[2]
+    packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), PACK_HINT_ROWS)
+    setattr(owner, _PACKED_ATTR, (weight, key, packed))
+    if on_new_copy is not None:
+        on_new_copy(owner)
+    return packed
+
+
+def packed_linear(owner: Any, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
+                  on_new_copy: Optional[OnNewCopy] = None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` through oneDNN with ``owner``'s packed weight. x [..., in] -> [..., out]."""
+    rows = x.reshape(-1, x.shape[-1]).contiguous()
+    out = torch.ops.mkldnn._linear_pointwise(rows, packed_weight(owner, weight, on_new_copy), bias, "none", [], "")
+    return out.view(*x.shape[:-1], weight.shape[0])
+
+
+def small_batch_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` as ``(weight @ x_rowsᵀ)ᵀ``. x [..., in], weight [out, in] -> [..., out].
+
+    One row is duplicated: MKL's two-column sgemm streams the weight about twice as fast as its gemv.
+    """
+    rows = x.reshape(-1, x.shape[-1])
+    single = rows.shape[0] == 1
+    if single:
+        rows = torch.cat((rows, rows))
+    out = torch.mm(weight, rows.t()).t()
+    if single:
+        out = out[:1]
+    out = out.contiguous()
+    if bias is not None:
+        out += bias
+    return out.view(*x.shape[:-1], weight.shape[0])
+
+
+def fast_linear(owner: Any, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
+                on_new_copy: Optional[OnNewCopy] = None) -> Optional[torch.Tensor]:
+    """``F.linear(x, weight, bias)`` by the fastest path measured for its row count, or None when no fast path
+    applies (another dtype or device, autograd, the switch off, too many rows without oneDNN packing)."""
+    if not (applies(x, weight) and enabled()):
+        return None
+    rows = x.numel() // weight.shape[1]
+    if rows > SMALL_ROWS and onednn_packing_available():
+        return packed_linear(owner, x, weight, bias, on_new_copy)
+    if rows <= MAX_SMALL_ROWS:
+        return small_batch_linear(x, weight, bias)
+    return None
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``F.linear(x, weight)``, through :func:`fast_linear` when it applies; a packed copy is kept on ``weight``
+    itself, so callers that reuse the same weight tensor (the drafting lm_head) pack it once."""
+    out = fast_linear(weight, x, weight)
+    return F.linear(x, weight) if out is None else out
+
+
+__all__ = ["ENV_SWITCH", "MAX_SMALL_ROWS", "SMALL_ROWS", "applies", "enabled", "fast_linear", "linear",
+           "onednn_packing_available", "packed_linear", "packed_weight", "parse_switch", "small_batch_linear",
+           "weight_copy_key"]

@@ -1,0 +1,133 @@
+"""The float32 CPU linear kernels (kernels/cpu_linear.py) compute what F.linear computes, by the path measured
+fastest for the row count; drafting's base logits use them."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sglang_domino.kernels import cpu_linear
+from sglang_domino.kernels.cpu_linear import (MAX_SMALL_ROWS, applies, fast_linear, linear, packed_linear,
+                                              parse_switch, small_batch_linear)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_switch(monkeypatch):
+    monkeypatch.delenv(cpu_linear.ENV_SWITCH, raising=False)
+    cpu_linear.enabled.cache_clear()
+    yield
+    cpu_linear.enabled.cache_clear()
+
+
+@pytest.mark.parametrize("shape", [(1, 48), (2, 48), (4, 48), (7, 48), (MAX_SMALL_ROWS, 48), (2, 3, 48)])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_small_batch_linear_equals_f_linear(shape, with_bias: bool) -> None:
+    g = torch.Generator().manual_seed(0)
+    x, weight = torch.randn(*shape, generator=g), torch.randn(80, 48, generator=g)
+    bias = torch.randn(80, generator=g) if with_bias else None
+    got = small_batch_linear(x, weight, bias)
+    assert got.shape == (*shape[:-1], 80) and got.is_contiguous()
+    torch.testing.assert_close(got, F.linear(x, weight, bias), rtol=1e-5, atol=1e-5)
+
+
+def test_applies_only_to_float32_cpu_products_without_grad() -> None:
+    w = torch.randn(8, 4)
+    assert applies(torch.randn(3, 4), w) and applies(torch.randn(500, 4), w)
+    assert not applies(torch.randn(3, 4, dtype=torch.bfloat16), w.bfloat16())  # bf16: oneDNN is fine
+    assert not applies(torch.randn(3, 4, device="meta"), w)
+    assert not applies(torch.randn(3, 5), w)
+    assert not applies(torch.randn(0, 4), w)
+    assert not applies(torch.randn(3, 4, requires_grad=True), w)
+    with torch.no_grad():
+        assert applies(torch.randn(3, 4, requires_grad=True), w)
+
+
+needs_onednn = pytest.mark.skipif(not cpu_linear.onednn_packing_available(),
+                                  reason="this torch build cannot pack weights for oneDNN")
+
+
+@needs_onednn
+@pytest.mark.parametrize("shape", [(3, 48), (4, 48), (33, 48), (300, 48), (2, 5, 48)])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_packed_linear_equals_f_linear(shape, with_bias: bool) -> None:
+    g = torch.Generator().manual_seed(0)
+    x, weight = torch.randn(*shape, generator=g), torch.randn(80, 48, generator=g)
+    bias = torch.randn(80, generator=g) if with_bias else None
+    module = SimpleNamespace()
+    got = packed_linear(module, x, weight, bias)
+    assert got.shape == (*shape[:-1], 80)
+    torch.testing.assert_close(got, F.linear(x, weight, bias), rtol=1e-5, atol=1e-5)
+
+
+@needs_onednn
+def test_packed_rows_do_not_depend_on_the_rest_of_the_batch() -> None:
+    """A request's logits must not change with what it is batched with (verify rows vs a lone decode row)."""
+    g = torch.Generator().manual_seed(1)
+    x, weight, module = torch.randn(16, 64, generator=g), torch.randn(200, 64, generator=g), SimpleNamespace()
+    together = packed_linear(module, x, weight)
+    for rows in (slice(0, 3), slice(5, 9), slice(3, 16)):
+        assert torch.equal(packed_linear(module, x[rows], weight), together[rows])
+
+
+def test_fast_linear_picks_the_path_by_rows(monkeypatch) -> None:
+    w, module = torch.randn(8, 4), SimpleNamespace()
+    calls = []
+    monkeypatch.setattr(cpu_linear, "small_batch_linear", lambda *a: calls.append("small") or "small")
+    monkeypatch.setattr(cpu_linear, "packed_linear", lambda *a: calls.append("packed") or "packed")
+    monkeypatch.setattr(cpu_linear, "onednn_packing_available", lambda: True)
+    assert [fast_linear(module, torch.randn(r, 4), w) for r in (1, 2, 3, 500)] == ["small", "small", "packed", "packed"]
+    monkeypatch.setattr(cpu_linear, "onednn_packing_available", lambda: False)
+    assert fast_linear(module, torch.randn(MAX_SMALL_ROWS, 4), w) == "small"
+    assert fast_linear(module, torch.randn(MAX_SMALL_ROWS + 1, 4), w) is None  # upstream's GEMM
+    assert fast_linear(module, torch.randn(3, 4, dtype=torch.bfloat16), w.bfloat16()) is None
+
+
+@pytest.mark.parametrize("value, expected", [(None, True), ("1", True), ("on", True), ("0", False), ("off", False)])
+def test_switch_values(value, expected: bool) -> None:
+    assert parse_switch(value) is expected
+
+
+def test_bad_switch_turns_paths_off_instead_of_failing_a_forward(monkeypatch) -> None:
+    with pytest.raises(ValueError, match="SGLANG_DOMINO_CPU_FAST_PATHS='maybe'"):
+        parse_switch("maybe")
+    monkeypatch.setenv(cpu_linear.ENV_SWITCH, "maybe")
+    assert cpu_linear.enabled() is False
+
+
+@needs_onednn
+def test_packed_weight_is_made_once_per_owner_and_remade_on_a_new_weight() -> None:
+    owner, x = SimpleNamespace(), torch.randn(4, 8)
+    weight, made = torch.randn(16, 8), []
+    first = packed_linear(owner, x, weight, on_new_copy=made.append)
+    packed = cpu_linear.packed_weight(owner, weight, made.append)
+    assert cpu_linear.packed_weight(owner, weight, made.append) is packed and made == [owner]  # kept
+    weight.mul_(2)  # an autograd-visible write bumps the version: repacked
+    torch.testing.assert_close(packed_linear(owner, x, weight, on_new_copy=made.append), 2 * first,
+                               rtol=1e-5, atol=1e-5)
+    assert made == [owner, owner]
+
+
+@pytest.mark.parametrize("rows", [1, 3, 16])
+def test_linear_equals_f_linear_and_packs_the_weight_once(rows: int) -> None:
+    """The drafting GEMM: same product as F.linear; the packed copy lives on the weight tensor and is reused."""
+    g = torch.Generator().manual_seed(2)
+    x, weight = torch.randn(rows, 64, generator=g), torch.randn(300, 64, generator=g)
+    torch.testing.assert_close(linear(x, weight), F.linear(x, weight), rtol=1e-5, atol=1e-5)
+    if rows > cpu_linear.SMALL_ROWS and cpu_linear.onednn_packing_available():
+        packed = cpu_linear.packed_weight(weight, weight)
+        linear(x, weight)
+        assert cpu_linear.packed_weight(weight, weight) is packed
+    # Not float32 (and the switch off): F.linear itself.
+    torch.testing.assert_close(linear(x.double(), weight.double()), F.linear(x.double(), weight.double()))
+
+
+def test_linear_with_the_switch_off_is_f_linear(monkeypatch) -> None:
+    monkeypatch.setenv(cpu_linear.ENV_SWITCH, "0")
+    cpu_linear.enabled.cache_clear()
+    x, weight = torch.randn(3, 8), torch.randn(16, 8)
+    assert fast_linear(weight, x, weight) is None
+    assert torch.equal(linear(x, weight), F.linear(x, weight))
+    assert not hasattr(weight, "_domino_onednn_weight")
