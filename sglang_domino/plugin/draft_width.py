@@ -15,20 +15,24 @@ and the scheduler reads each result's own ``speculative_num_draft_tokens``, so c
 Every emitted token is still the target's own (width 1 emits the target's bonus), so the switch cannot change
 outputs, only speed.
 
-``$SGLANG_DOMINO_MAX_SPECULATIVE_BATCH``: ``auto`` (default: :data:`CPU_DEFAULT_MAX_SPECULATIVE_BATCH` on CPU, no
-limit on GPUs, whose verify is cheap at these batch sizes), ``none`` (always draft), or N >= 1 (draft while the
-decode batch has at most N requests).
+``$SGLANG_DOMINO_MAX_SPECULATIVE_BATCH``: ``auto`` (default: ``adaptive`` on CPU, no limit on GPUs, whose verify is
+cheap at these batch sizes), ``adaptive`` (CPU only: :class:`MeasuredWidthChoice` -- per decode batch size, draft or
+not by which of the two measured more output tokens per second on this machine), ``none`` (always draft), or
+N >= 1 (draft while the decode batch has at most N requests).
+
+Why measured rather than a fixed N: where speculation stops paying depends on the CPU. On an AVX-512 machine
+Domino beat plain decoding at one request and tied at two; on an AVX2-only machine (float32, no bf16 units) it
+lost even at one with an earlier drafting kernel (README, serving results). The break-even moves with the
+drafter's τ, the width and the kernels too, so the worker measures both kinds of step as it serves.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Optional
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Union
 
 MAX_SPECULATIVE_BATCH_ENV = "SGLANG_DOMINO_MAX_SPECULATIVE_BATCH"
-# Measured on this project's 2-core CPU machine kind (README, serving results): Domino beats plain decoding at
-# concurrency 1, ties at 2 and loses from 4 on.
-CPU_DEFAULT_MAX_SPECULATIVE_BATCH = 2
 
 # DFlashWorkerV2 (sglang 0.5.23) attributes whose shape follows the block width: the width itself, the block
 # position offsets [B], the draft block's spec info (draft_token_num = B) and the [cap, B] / [cap] block buffers
@@ -47,21 +51,31 @@ WIDTH_ATTRS: tuple[str, ...] = (
 )
 
 
-def resolve_max_speculative_batch(device_type: str, raw: Optional[str] = None) -> Optional[int]:
-    """The largest decode batch that drafts (None = no limit), from ``raw`` or ``$SGLANG_DOMINO_MAX_SPECULATIVE_BATCH``.
+ADAPTIVE = "adaptive"
 
-    Raises ValueError naming the variable on anything but ``auto``, ``none`` or an integer >= 1."""
+
+def resolve_max_speculative_batch(device_type: str, raw: Optional[str] = None) -> Union[None, int, str]:
+    """The draft-width setting from ``raw`` or ``$SGLANG_DOMINO_MAX_SPECULATIVE_BATCH``: None = always draft, an
+    integer N = draft while a decode batch has at most N requests, :data:`ADAPTIVE` = measure (CPU only).
+
+    Raises ValueError naming the variable on anything but ``auto``, ``adaptive``, ``none`` or an integer >= 1, and
+    on ``adaptive`` for a device other than the CPU (its step times would need a device synchronisation)."""
     value = (raw if raw is not None else os.environ.get(MAX_SPECULATIVE_BATCH_ENV, "")).strip().lower()
     if value in ("", "auto"):
-        return CPU_DEFAULT_MAX_SPECULATIVE_BATCH if device_type == "cpu" else None
+        return ADAPTIVE if device_type == "cpu" else None
     if value == "none":
         return None
+    if value == ADAPTIVE:
+        if device_type != "cpu":
+            raise ValueError(f"{MAX_SPECULATIVE_BATCH_ENV}=adaptive times steps on the host, which needs a synchronous "
+                             f"device (CPU); on {device_type} use none or an integer")
+        return ADAPTIVE
     try:
         limit = int(value)
     except ValueError:
         limit = 0
     if limit < 1:
-        raise ValueError(f"{MAX_SPECULATIVE_BATCH_ENV}={value!r}: expected auto, none or an integer >= 1 "
+        raise ValueError(f"{MAX_SPECULATIVE_BATCH_ENV}={value!r}: expected auto, adaptive, none or an integer >= 1 "
                          "(the largest decode batch that drafts)")
     return limit
 
@@ -71,6 +85,134 @@ def step_width(batch_size: int, block_size: int, max_speculative_batch: Optional
     if max_speculative_batch is not None and batch_size > max_speculative_batch:
         return 1
     return block_size
+
+
+class FixedWidthRule:
+    """A fixed limit (None = always draft): :func:`step_width`; measurements are not needed."""
+
+    measures = False
+
+    def __init__(self, full_width: int, max_speculative_batch: Optional[int]) -> None:
+        self.full_width = int(full_width)
+        self.max_speculative_batch = max_speculative_batch
+
+    @property
+    def always_drafts(self) -> bool:
+        return self.max_speculative_batch is None
+
+    def width(self, batch_size: int) -> int:
+        return step_width(batch_size, self.full_width, self.max_speculative_batch)
+
+    def record(self, batch_size: int, width: int, tokens: int, seconds: float) -> Optional[str]:
+        return None
+
+    def describe(self) -> str:
+        if self.max_speculative_batch is None:
+            return "drafting at every batch size"
+        return (f"drafting while a decode batch has at most {self.max_speculative_batch} requests (plain-width steps "
+                f"above, {MAX_SPECULATIVE_BATCH_ENV})")
+
+
+@dataclass
+class _Throughput:
+    """Smoothed output tokens and seconds per step of one kind at one batch size (rate = tokens / seconds)."""
+
+    tokens: float = 0.0
+    seconds: float = 0.0
+    samples: int = 0
+
+    def add(self, tokens: float, seconds: float, smoothing: float) -> None:
+        if self.samples == 0:
+            self.tokens, self.seconds = tokens, seconds
+        else:
+            self.tokens += smoothing * (tokens - self.tokens)
+            self.seconds += smoothing * (seconds - self.seconds)
+        self.samples += 1
+
+    @property
+    def rate(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+class MeasuredWidthChoice:
+    """Per decode batch size, draft (full width) or not (plain width), whichever measured more output tokens per
+    second here.
+
+    Each batch-size bucket (:meth:`bucket`) first runs :attr:`min_samples` steps of each kind, then the kind with
+    the higher smoothed rate (exponential averages of tokens and seconds per step, weight :attr:`smoothing`),
+    and every :attr:`explore_every`-th step the other kind, so a change (a longer context, other prompts, a
+    busier machine) is noticed; exploring costs at most 1/explore_every of the steps at the slower kind.
+    Tokens per step are what the step committed (accepted drafts + bonus per request; one per request at plain
+    width), seconds the worker's wall time for the step (CPU: synchronous). Outputs cannot depend on the choice.
+    """
+
+    measures = True
+    always_drafts = False
+
+    def __init__(self, full_width: int, *, min_samples: int = 3, explore_every: int = 16,
+                 smoothing: float = 0.25) -> None:
+        self.full_width = int(full_width)
+        self.min_samples = min_samples
+        self.explore_every = explore_every
+        self.smoothing = smoothing
+        self._stats: dict[tuple[int, bool], _Throughput] = {}
+        self._steps: dict[int, int] = {}
+        self._preferred: dict[int, bool] = {}
+
+    @staticmethod
+    def bucket(batch_size: int) -> int:
+        """Batch sizes up to 8 each, then powers of two (9-16 -> 16, 17-32 -> 32, ...)."""
+        return batch_size if batch_size <= 8 else 1 << (batch_size - 1).bit_length()
+
+    def _throughput(self, bucket: int, drafting: bool) -> _Throughput:
+        return self._stats.setdefault((bucket, drafting), _Throughput())
+
+    def width(self, batch_size: int) -> int:
+        b = self.bucket(batch_size)
+        step = self._steps[b] = self._steps.get(b, 0) + 1
+        for drafting in (True, False):  # warm-up: drafting first
+            if self._throughput(b, drafting).samples < self.min_samples:
+                return self.full_width if drafting else 1
+        drafting = self._throughput(b, True).rate >= self._throughput(b, False).rate
+        if step % self.explore_every == 0:
+            drafting = not drafting
+        return self.full_width if drafting else 1
+
+    def record(self, batch_size: int, width: int, tokens: int, seconds: float) -> Optional[str]:
+        """Add one step's measurement; returns a log line when the preferred kind at this batch size changes."""
+        b, drafting = self.bucket(batch_size), width > 1
+        self._throughput(b, drafting).add(float(tokens), float(seconds), self.smoothing)
+        draft, plain = self._throughput(b, True), self._throughput(b, False)
+        if min(draft.samples, plain.samples) < self.min_samples:
+            return None
+        preferred = draft.rate >= plain.rate
+        if self._preferred.get(b) == preferred:
+            return None
+        self._preferred[b] = preferred
+        size = f"{b}" if b <= 8 else f"{b // 2 + 1}-{b}"
+        return (f"Domino adaptive drafting: batch size {size}: drafting {draft.rate:.1f} tok/s vs plain-width "
+                f"{plain.rate:.1f} tok/s -> {'drafting' if preferred else 'plain-width steps'}")
+
+    def rates(self) -> dict[int, dict[str, float]]:
+        """Measured tokens/s per bucket and kind (for logs and tests)."""
+        out: dict[int, dict[str, float]] = {}
+        for (b, drafting), t in sorted(self._stats.items()):
+            if t.samples:
+                out.setdefault(b, {})["drafting" if drafting else "plain"] = t.rate
+        return out
+
+    def describe(self) -> str:
+        return (f"choosing per decode batch size between drafting and plain-width steps by measured tokens/s "
+                f"({MAX_SPECULATIVE_BATCH_ENV}=adaptive)")
+
+
+def width_rule(device_type: str, full_width: int, raw: Optional[str] = None) -> Union[FixedWidthRule,
+                                                                                       MeasuredWidthChoice]:
+    """The worker's rule for the width of each decode step, from :func:`resolve_max_speculative_batch`."""
+    setting = resolve_max_speculative_batch(device_type, raw)
+    if setting == ADAPTIVE:
+        return MeasuredWidthChoice(full_width)
+    return FixedWidthRule(full_width, setting)  # type: ignore[arg-type]
 
 
 class WidthStates:
@@ -107,10 +249,13 @@ class WidthStates:
 
 
 __all__ = [
-    "CPU_DEFAULT_MAX_SPECULATIVE_BATCH",
+    "ADAPTIVE",
+    "FixedWidthRule",
     "MAX_SPECULATIVE_BATCH_ENV",
+    "MeasuredWidthChoice",
     "WIDTH_ATTRS",
     "WidthStates",
     "resolve_max_speculative_batch",
     "step_width",
+    "width_rule",
 ]

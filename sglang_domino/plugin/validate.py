@@ -80,7 +80,7 @@ def check_drafter_checkpoint(draft_path: Optional[str]) -> DominoConfig:
         raise DominoServerArgsError(f"drafter {draft_path}: {exc}") from None
 
 
-def check_drafting_env() -> None:
+def check_drafting_env(device_type: str = "cpu") -> None:
     """The worker's environment switches ($SGLANG_DOMINO_DRAFT_LOGITS_DTYPE, $SGLANG_DOMINO_DRAFT_TEMPERATURE_SCALE,
     $SGLANG_DOMINO_CPU_FAST_PATHS, $SGLANG_DOMINO_MAX_SPECULATIVE_BATCH), checked before any process starts so a typo is one line at launch, not a
     scheduler traceback."""
@@ -96,7 +96,7 @@ def check_drafting_env() -> None:
         draft_logits_dtype(torch.empty(0))
         resolve_draft_temperature_scale()
         parse_switch(os.environ.get(ENV_SWITCH))
-        resolve_max_speculative_batch("cpu")
+        resolve_max_speculative_batch(device_type)
     except ValueError as exc:
         raise DominoServerArgsError(str(exc)) from None
 
@@ -109,7 +109,10 @@ def validate_server_args(args: Any) -> DominoConfig:
     if err is not None:
         raise DominoServerArgsError(str(err))
 
-    check_drafting_env()
+    import torch
+
+    device = str(_get(args, "device") or ("cuda" if torch.cuda.is_available() else "cpu"))
+    check_drafting_env(device.split(":")[0])
     draft_path = _get(args, "speculative_draft_model_path")
     config = check_drafter_checkpoint(draft_path)
 

@@ -35,6 +35,7 @@ import json
 import logging
 import os
 import threading
+import time
 from typing import Any, Optional
 
 import torch
@@ -53,9 +54,9 @@ from sglang_domino.plugin import cpu_fast_paths
 from sglang_domino.plugin.draft_width import (
     MAX_SPECULATIVE_BATCH_ENV,
     WIDTH_ATTRS,
+    FixedWidthRule,
     WidthStates,
-    resolve_max_speculative_batch,
-    step_width,
+    width_rule,
 )
 from sglang_domino.plugin.hooks import domino_worker_scope
 from sglang_domino.rollout import (
@@ -152,16 +153,19 @@ class DominoWorker(DFlashWorkerV2):
         self._drafting_lm_head: Optional[tuple[torch.Tensor, tuple, torch.Tensor]] = None
         # Resolved once: a bad $SGLANG_DOMINO_DRAFT_TEMPERATURE_SCALE stops the server at start, not mid-request.
         self._draft_temperature_scale = resolve_draft_temperature_scale()
-        self._max_speculative_batch = resolve_max_speculative_batch(torch.device(self.device).type)
         self._widths = WidthStates(self, self._fresh_width_state)
-        if self._max_speculative_batch is not None:
-            runner = getattr(self.target_worker.model_runner, "decode_cuda_graph_runner", None)
-            if runner is not None and torch.device(self.device).type == "cpu":
-                # The CPU graph runner keys its graphs on the batch size only: it would replay a width-B verify
-                # graph for a plain-width step.
+        device_type = torch.device(self.device).type
+        self._width_rule = width_rule(device_type, self._widths.full_width)
+        self._step_commit_lens: Optional[torch.Tensor] = None  # [bs] tokens the current step commits
+        runner = getattr(self.target_worker.model_runner, "decode_cuda_graph_runner", None)
+        if runner is not None and device_type == "cpu" and not self._width_rule.always_drafts:
+            # The CPU graph runner keys its graphs on the batch size only: it would replay a width-B verify
+            # graph for a plain-width step.
+            if os.environ.get(MAX_SPECULATIVE_BATCH_ENV, "").strip().lower() not in ("", "auto"):
                 raise RuntimeError(
                     f"Domino: {MAX_SPECULATIVE_BATCH_ENV} (plain-width steps for large batches) cannot be combined "
                     f"with CPU graphs (--enable-torch-compile); set {MAX_SPECULATIVE_BATCH_ENV}=none")
+            self._width_rule = FixedWidthRule(self._widths.full_width, None)  # the default yields to CPU graphs
         head = self.domino_head()
         target_lm_head_module = unwrap_lora_layer(self.target_worker.model_runner.model.lm_head)
         target_lm_head = target_lm_head_module.weight
@@ -179,9 +183,7 @@ class DominoWorker(DFlashWorkerV2):
             "domino" if head is not None else "none (plain DFlash backbone)", self.device,
             str(drafting_dtype).removeprefix("torch."),
             str(target_lm_head.dtype).removeprefix("torch."), self._draft_temperature_scale,
-            "drafting at every batch size" if self._max_speculative_batch is None else
-            f"drafting while a decode batch has at most {self._max_speculative_batch} requests (plain-width steps "
-            f"above, {MAX_SPECULATIVE_BATCH_ENV})",
+            self._width_rule.describe(),
         )
 
     # ---------------------------------------------------------------- weights
@@ -230,7 +232,8 @@ class DominoWorker(DFlashWorkerV2):
             # and Tensor.record_stream rejects it. An instance attribute shadows the method for this tensor only.
             seq_lens.record_stream = lambda stream: None
             shimmed = True
-        width = step_width(len(batch.seq_lens), self._widths.full_width, self._max_speculative_batch) if decode else None
+        batch_size = len(batch.seq_lens)
+        width = self._width_rule.width(batch_size) if decode else None
         plain_width = width == 1
         if width is not None:
             self._widths.use(width)
@@ -238,9 +241,17 @@ class DominoWorker(DFlashWorkerV2):
             # Nothing to draft: skip the backbone forward (its scratch KV would be overwritten by the context
             # append anyway); upstream reads only these two fields of its result.
             self.draft_model_runner.forward = _no_draft_forward
+        self._step_commit_lens = None
+        started = time.perf_counter()
         try:
-            return super().forward_batch_generation(batch, on_publish=on_publish, grammar_barrier=grammar_barrier,
-                                                    pp_proxy_tensors=pp_proxy_tensors)
+            result = super().forward_batch_generation(batch, on_publish=on_publish, grammar_barrier=grammar_barrier,
+                                                      pp_proxy_tensors=pp_proxy_tensors)
+            if width is not None and self._width_rule.measures and self._step_commit_lens is not None:
+                tokens = int(self._step_commit_lens.sum())
+                change = self._width_rule.record(batch_size, width, tokens, time.perf_counter() - started)
+                if change:
+                    logger.info(change)
+            return result
         finally:
             if plain_width:
                 del self.draft_model_runner.forward
@@ -298,6 +309,7 @@ class DominoWorker(DFlashWorkerV2):
         accept_len = verdict.accept_len.to(torch.int32)
         bonus = verdict.bonus.to(torch.int64)
         out_tokens, commit_lens = _commit_accept(candidates, accept_len, bonus)
+        self._step_commit_lens = commit_lens  # what the step emits, for a measuring width rule
         if self._draft_log_path:
             self._log_drafts(candidates, accept_len, prefix_lens)
         return accept_len, commit_lens, bonus, out_tokens, None

@@ -5,35 +5,106 @@ from __future__ import annotations
 import pytest
 
 from sglang_domino.plugin.draft_width import (
-    CPU_DEFAULT_MAX_SPECULATIVE_BATCH,
+    ADAPTIVE,
     MAX_SPECULATIVE_BATCH_ENV,
     WIDTH_ATTRS,
+    FixedWidthRule,
+    MeasuredWidthChoice,
     WidthStates,
     resolve_max_speculative_batch,
     step_width,
+    width_rule,
 )
 
 
 def test_setting_values_and_device_default(monkeypatch):
     monkeypatch.delenv(MAX_SPECULATIVE_BATCH_ENV, raising=False)
-    assert resolve_max_speculative_batch("cpu") == CPU_DEFAULT_MAX_SPECULATIVE_BATCH
+    assert resolve_max_speculative_batch("cpu") == ADAPTIVE  # CPUs: measure
     assert resolve_max_speculative_batch("cuda") is None  # GPUs: always draft
     assert resolve_max_speculative_batch("cpu", "none") is None
     assert resolve_max_speculative_batch("cuda", " 8 ") == 8
+    assert resolve_max_speculative_batch("cpu", "Adaptive") == ADAPTIVE
     monkeypatch.setenv(MAX_SPECULATIVE_BATCH_ENV, "AUTO")
-    assert resolve_max_speculative_batch("cpu") == CPU_DEFAULT_MAX_SPECULATIVE_BATCH
+    assert resolve_max_speculative_batch("cpu") == ADAPTIVE
     monkeypatch.setenv(MAX_SPECULATIVE_BATCH_ENV, "3")
     assert resolve_max_speculative_batch("cpu") == 3
     for bad in ("0", "-2", "two", "1.5"):
         monkeypatch.setenv(MAX_SPECULATIVE_BATCH_ENV, bad)
         with pytest.raises(ValueError, match=MAX_SPECULATIVE_BATCH_ENV):
             resolve_max_speculative_batch("cpu")
+    with pytest.raises(ValueError, match="synchronous device"):
+        resolve_max_speculative_batch("cuda", "adaptive")
 
 
 def test_step_width():
     assert step_width(1, 4, 2) == 4 and step_width(2, 4, 2) == 4
     assert step_width(3, 4, 2) == 1 and step_width(64, 16, 2) == 1
     assert step_width(64, 16, None) == 16
+
+
+def test_width_rule_from_the_setting():
+    assert isinstance(width_rule("cpu", 4), MeasuredWidthChoice)
+    fixed = width_rule("cpu", 4, "2")
+    assert isinstance(fixed, FixedWidthRule) and not fixed.measures and not fixed.always_drafts
+    assert [fixed.width(b) for b in (1, 2, 3)] == [4, 4, 1]
+    assert width_rule("cuda", 4).always_drafts and width_rule("cpu", 4, "none").width(64) == 4
+
+
+def _serve(rule: MeasuredWidthChoice, batch_size: int, steps: int, step_seconds, tau: float) -> list[int]:
+    """Run ``steps`` decode steps at one batch size against a cost model; returns the widths chosen."""
+    widths = []
+    for _ in range(steps):
+        width = rule.width(batch_size)
+        tokens = batch_size * (tau if width > 1 else 1.0)
+        rule.record(batch_size, width, round(tokens), step_seconds(batch_size, width))
+        widths.append(width)
+    return widths
+
+
+def test_measured_choice_drafts_where_drafting_is_faster_and_not_where_it_is_slower():
+    """Cost model of a CPU: a plain step 50 ms + 5 ms per request; a drafting step costs 1.5x that at one request
+    and 2.5x at 8 (the verify leaves the memory-bound regime), tau 1.6 -- drafting wins at 1 and loses at 8."""
+    def seconds(batch, width):
+        plain = 0.050 + 0.005 * batch
+        return plain * (1.5 if batch == 1 else 2.5) if width > 1 else plain
+
+    rule = MeasuredWidthChoice(4, min_samples=3, explore_every=16)
+    one = _serve(rule, 1, 64, seconds, tau=1.6)
+    eight = _serve(rule, 8, 64, seconds, tau=1.6)
+    assert one[:6] == [4, 4, 4, 1, 1, 1]  # warm-up: both kinds measured, drafting first
+    assert eight[:6] == [4, 4, 4, 1, 1, 1]
+    # After the warm-up: the faster kind, except one exploring step in every 16.
+    assert one[6:].count(1) == sum(1 for step in range(7, 65) if step % 16 == 0)
+    assert eight[6:].count(4) == sum(1 for step in range(7, 65) if step % 16 == 0)
+    rates = rule.rates()
+    assert rates[1]["drafting"] > rates[1]["plain"] and rates[8]["drafting"] < rates[8]["plain"]
+
+
+def test_measured_choice_follows_a_change_and_logs_it():
+    """Drafting pays at first (tau 2), then its drafts stop being accepted (tau 1, other prompts): the exploring
+    steps notice and the rule switches, saying so once per change."""
+    rule = MeasuredWidthChoice(4, min_samples=2, explore_every=4, smoothing=0.5)
+
+    def run(steps: int, tau: float) -> tuple[list[int], list[str]]:
+        widths, logs = [], []
+        for _ in range(steps):
+            width = rule.width(1)
+            line = rule.record(1, width, round(tau) if width > 1 else 1, 0.075 if width > 1 else 0.050)
+            widths.append(width)
+            logs += [line] if line else []
+        return widths, logs
+
+    widths, logs = run(24, tau=2.0)
+    exploring = {step for step in range(1, 200) if step % 4 == 0}
+    assert all(w == 4 for step, w in enumerate(widths, 1) if step > 4 and step not in exploring)
+    assert len(logs) == 1 and logs[0].endswith("-> drafting")
+    widths, logs = run(40, tau=1.0)
+    assert all(w == 1 for step, w in enumerate(widths[-12:], 24 + 40 - 11) if step not in exploring)
+    assert len(logs) == 1 and "batch size 1:" in logs[0] and logs[0].endswith("-> plain-width steps")
+
+
+def test_measured_choice_buckets_large_batches():
+    assert [MeasuredWidthChoice.bucket(b) for b in (1, 8, 9, 16, 17, 48)] == [1, 8, 16, 16, 32, 64]
 
 
 class _Worker:

@@ -1,10 +1,12 @@
-"""Automatic switch-off: decode batches above $SGLANG_DOMINO_MAX_SPECULATIVE_BATCH run plain-width steps.
+"""Automatic switch-off: decode steps that do not draft (plain width), by a fixed limit or by measurement.
 
-A third server (Domino, limit 3) gets the 18 greedy requests of test_server_greedy at once: the batch starts
-above the limit (plain-width steps: no drafts) and shrinks below it as requests finish (full-width steps), and
-requests sent while it is small grow it again. Every output must equal the plain server's; both widths must
-occur in one request's life; and every full-width block drafted *after* plain-width steps must equal the
-offline rollout on the full context -- the drafter's context KV missed nothing while it was not drafting.
+A third server (Domino, limit 3; then the CPU default, ``adaptive``) gets the 18 greedy requests of
+test_server_greedy at once: with the limit the batch starts above it (plain-width steps: no drafts) and shrinks
+below it as requests finish (full-width steps), and requests sent while it is small grow it again; with
+``adaptive`` each batch size first measures both kinds of step, then keeps the faster and explores the other.
+Every output must equal the plain server's; both widths must occur in one request's life; and every full-width
+block drafted *after* plain-width steps must equal the offline rollout on the full context -- the drafter's
+context KV missed nothing while it was not drafting.
 """
 
 from __future__ import annotations
@@ -22,15 +24,15 @@ pytestmark = [pytest.mark.server, pytest.mark.timeout(900)]
 LIMIT = 3
 
 
-@pytest.fixture(scope="module")
-def switching(tiny, tmp_path_factory):
+@pytest.fixture(scope="module", params=[str(LIMIT), "auto"])
+def switching(request, tiny, tmp_path_factory):
     logs = tmp_path_factory.mktemp("switching_logs")
     cmd = launch_cmd(tiny.target, free_port(), draft=tiny.drafter)
     env = cpu_env(SGLANG_DOMINO_DRAFT_LOG=str(logs / "drafts.jsonl"), SGLANG_DOMINO_DRAFT_LOGITS_DTYPE="float32",
-                  SGLANG_DOMINO_MAX_SPECULATIVE_BATCH=str(LIMIT))
+                  SGLANG_DOMINO_MAX_SPECULATIVE_BATCH=request.param)
     proc, t0 = start_server("switching", cmd, env, logs / "server.log")
     server = Server("switching", f"http://127.0.0.1:{cmd[cmd.index('--port') + 1]}", proc, logs / "server.log",
-                    logs / "drafts.jsonl", extra={"t_launch": t0})
+                    logs / "drafts.jsonl", extra={"t_launch": t0, "setting": request.param})
     try:
         wait_ready(server)
         yield server
@@ -89,8 +91,13 @@ def test_both_widths_occur(rounds, switching) -> None:
         switched_back += any(w > 1 and 1 in widths[:i] for i, w in enumerate(widths))
     assert 1 in widths_seen and len(widths_seen) == 2, widths_seen  # plain width and the block size
     assert switched_back >= 2, switched_back  # the last requests of each round, once the batch is small
-    late_first = [len(r["drafts"]) for r in switching.draft_records("sw-late-0")]
-    assert late_first and late_first[0] > 0, "a request alone must draft"
+    if switching.extra["setting"] == str(LIMIT):
+        late_first = [len(r["drafts"]) for r in switching.draft_records("sw-late-0")]
+        assert late_first and late_first[0] > 0, "a request alone must draft"
+    else:  # adaptive: the measured preference is logged once both kinds were measured at a batch size
+        log = switching.log.read_text()
+        assert "Domino adaptive drafting: batch size" in log, "no measured preference logged"
+        assert "choosing per decode batch size between drafting and plain-width steps" in log
 
 
 def test_drafts_after_plain_width_steps_equal_offline_reference(rounds, switching, tiny) -> None:
