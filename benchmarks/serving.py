@@ -5,9 +5,9 @@ The three servers run side by side and the configurations are interleaved within
 order), so slow drift of this machine's speed lands on all three alike. Writes JSON (``levels``), a
 markdown table and a PNG plot. Also: ``sglang-domino bench ...``.
 
-The speculative servers inherit ``$SGLANG_DOMINO_MAX_SPECULATIVE_BATCH`` (default ``auto``: plain-width steps for
-decode batches above 2 on CPU). ``--compare-always-drafting`` adds a fourth server, Domino drafting at every
-batch size (the switch off), so the switch's effect is measured in the same run.
+The speculative servers inherit ``$SGLANG_DOMINO_MAX_SPECULATIVE_BATCH`` (default ``auto``: on CPU ``adaptive``,
+drafting or plain-width steps per batch size by measured tokens/s). ``--compare-always-drafting`` adds a fourth
+server, Domino drafting at every batch size (the switch off), so the switch's effect is measured in the same run.
 
     python benchmarks/serving.py --concurrency 1,2,4,8,16 --max-new-tokens 128 --json benchmarks/results/serving.json
 """

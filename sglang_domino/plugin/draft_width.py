@@ -29,6 +29,7 @@ drafter's τ, the width and the kernels too, so the worker measures both kinds o
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Union
 
@@ -54,14 +55,23 @@ WIDTH_ATTRS: tuple[str, ...] = (
 ADAPTIVE = "adaptive"
 
 
+def _setting(raw: Optional[str]) -> str:
+    return (raw if raw is not None else os.environ.get(MAX_SPECULATIVE_BATCH_ENV, "")).strip().lower()
+
+
+def is_default_setting(raw: Optional[str] = None) -> bool:
+    """Whether the setting is the default (unset or ``auto``) rather than the user's explicit choice."""
+    return _setting(raw) in ("", "auto")
+
+
 def resolve_max_speculative_batch(device_type: str, raw: Optional[str] = None) -> Union[None, int, str]:
     """The draft-width setting from ``raw`` or ``$SGLANG_DOMINO_MAX_SPECULATIVE_BATCH``: None = always draft, an
     integer N = draft while a decode batch has at most N requests, :data:`ADAPTIVE` = measure (CPU only).
 
     Raises ValueError naming the variable on anything but ``auto``, ``adaptive``, ``none`` or an integer >= 1, and
     on ``adaptive`` for a device other than the CPU (its step times would need a device synchronisation)."""
-    value = (raw if raw is not None else os.environ.get(MAX_SPECULATIVE_BATCH_ENV, "")).strip().lower()
-    if value in ("", "auto"):
+    value = _setting(raw)
+    if is_default_setting(value):
         return ADAPTIVE if device_type == "cpu" else None
     if value == "none":
         return None
@@ -138,26 +148,34 @@ class MeasuredWidthChoice:
     """Per decode batch size, draft (full width) or not (plain width), whichever measured more output tokens per
     second here.
 
-    Each batch-size bucket (:meth:`bucket`) first runs :attr:`min_samples` steps of each kind, then the kind with
-    the higher smoothed rate (exponential averages of tokens and seconds per step, weight :attr:`smoothing`),
-    and every :attr:`explore_every`-th step the other kind, so a change (a longer context, other prompts, a
-    busier machine) is noticed; exploring costs at most 1/explore_every of the steps at the slower kind.
-    Tokens per step are what the step committed (accepted drafts + bonus per request; one per request at plain
-    width), seconds the worker's wall time for the step (CPU: synchronous). Outputs cannot depend on the choice.
+    Each batch-size bucket (:meth:`bucket`) first runs :attr:`min_samples` steps of each kind, then keeps the kind
+    with the higher smoothed rate (exponential averages of tokens and seconds per step, weight :attr:`smoothing`)
+    and changes only when the other one is ahead by more than :attr:`margin` (near break-even, noise would
+    otherwise flip it every few steps for nothing); every :attr:`explore_every`-th step runs the other kind, so a
+    change (a longer context, other prompts, a busier machine) is noticed, at a cost of at most 1/explore_every of
+    the steps. Tokens per step are what the step committed (accepted drafts + bonus per request; one per request
+    at plain width), seconds the worker's wall time for the step (CPU: synchronous). Outputs cannot depend on the
+    choice. A change of preference is reported (:meth:`record`) at most once per :attr:`log_interval` seconds per
+    bucket.
     """
 
     measures = True
     always_drafts = False
 
-    def __init__(self, full_width: int, *, min_samples: int = 3, explore_every: int = 16,
-                 smoothing: float = 0.25) -> None:
+    def __init__(self, full_width: int, *, min_samples: int = 3, explore_every: int = 16, smoothing: float = 0.25,
+                 margin: float = 0.05, log_interval: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.full_width = int(full_width)
         self.min_samples = min_samples
         self.explore_every = explore_every
         self.smoothing = smoothing
+        self.margin = margin
+        self.log_interval = log_interval
+        self._clock = clock
         self._stats: dict[tuple[int, bool], _Throughput] = {}
         self._steps: dict[int, int] = {}
-        self._preferred: dict[int, bool] = {}
+        self._preferred: dict[int, bool] = {}  # per bucket, once both kinds are measured
+        self._logged: dict[int, tuple[float, bool]] = {}  # per bucket: when, and which preference, last reported
 
     @staticmethod
     def bucket(batch_size: int) -> int:
@@ -170,25 +188,34 @@ class MeasuredWidthChoice:
     def width(self, batch_size: int) -> int:
         b = self.bucket(batch_size)
         step = self._steps[b] = self._steps.get(b, 0) + 1
-        for drafting in (True, False):  # warm-up: drafting first
-            if self._throughput(b, drafting).samples < self.min_samples:
-                return self.full_width if drafting else 1
-        drafting = self._throughput(b, True).rate >= self._throughput(b, False).rate
-        if step % self.explore_every == 0:
+        drafting = self._preferred.get(b)
+        if drafting is None:  # warm-up: drafting first
+            drafting = self._throughput(b, True).samples < self.min_samples
+        elif step % self.explore_every == 0:
             drafting = not drafting
         return self.full_width if drafting else 1
 
     def record(self, batch_size: int, width: int, tokens: int, seconds: float) -> Optional[str]:
-        """Add one step's measurement; returns a log line when the preferred kind at this batch size changes."""
+        """Add one step's measurement; returns a log line when the preferred kind at this batch size changed (at
+        most once per :attr:`log_interval` seconds per bucket)."""
         b, drafting = self.bucket(batch_size), width > 1
         self._throughput(b, drafting).add(float(tokens), float(seconds), self.smoothing)
         draft, plain = self._throughput(b, True), self._throughput(b, False)
         if min(draft.samples, plain.samples) < self.min_samples:
             return None
-        preferred = draft.rate >= plain.rate
-        if self._preferred.get(b) == preferred:
-            return None
+        current = self._preferred.get(b)
+        if current is None:
+            preferred = draft.rate >= plain.rate
+        elif current:
+            preferred = not plain.rate > draft.rate * (1 + self.margin)
+        else:
+            preferred = draft.rate > plain.rate * (1 + self.margin)
         self._preferred[b] = preferred
+        now = self._clock()
+        last = self._logged.get(b)
+        if last is not None and (last[1] == preferred or now - last[0] < self.log_interval):
+            return None
+        self._logged[b] = (now, preferred)
         size = f"{b}" if b <= 8 else f"{b // 2 + 1}-{b}"
         return (f"Domino adaptive drafting: batch size {size}: drafting {draft.rate:.1f} tok/s vs plain-width "
                 f"{plain.rate:.1f} tok/s -> {'drafting' if preferred else 'plain-width steps'}")
@@ -255,6 +282,7 @@ __all__ = [
     "MeasuredWidthChoice",
     "WIDTH_ATTRS",
     "WidthStates",
+    "is_default_setting",
     "resolve_max_speculative_batch",
     "step_width",
     "width_rule",

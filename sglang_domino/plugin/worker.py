@@ -56,6 +56,7 @@ from sglang_domino.plugin.draft_width import (
     WIDTH_ATTRS,
     FixedWidthRule,
     WidthStates,
+    is_default_setting,
     width_rule,
 )
 from sglang_domino.plugin.hooks import domino_worker_scope
@@ -161,7 +162,7 @@ class DominoWorker(DFlashWorkerV2):
         if runner is not None and device_type == "cpu" and not self._width_rule.always_drafts:
             # The CPU graph runner keys its graphs on the batch size only: it would replay a width-B verify
             # graph for a plain-width step.
-            if os.environ.get(MAX_SPECULATIVE_BATCH_ENV, "").strip().lower() not in ("", "auto"):
+            if not is_default_setting():
                 raise RuntimeError(
                     f"Domino: {MAX_SPECULATIVE_BATCH_ENV} (plain-width steps for large batches) cannot be combined "
                     f"with CPU graphs (--enable-torch-compile); set {MAX_SPECULATIVE_BATCH_ENV}=none")

@@ -11,6 +11,7 @@ from sglang_domino.plugin.draft_width import (
     FixedWidthRule,
     MeasuredWidthChoice,
     WidthStates,
+    is_default_setting,
     resolve_max_speculative_batch,
     step_width,
     width_rule,
@@ -34,6 +35,7 @@ def test_setting_values_and_device_default(monkeypatch):
             resolve_max_speculative_batch("cpu")
     with pytest.raises(ValueError, match="synchronous device"):
         resolve_max_speculative_batch("cuda", "adaptive")
+    assert is_default_setting("") and is_default_setting(" Auto ") and not is_default_setting("adaptive")
 
 
 def test_step_width():
@@ -80,14 +82,17 @@ def test_measured_choice_drafts_where_drafting_is_faster_and_not_where_it_is_slo
     assert rates[1]["drafting"] > rates[1]["plain"] and rates[8]["drafting"] < rates[8]["plain"]
 
 
-def test_measured_choice_follows_a_change_and_logs_it():
+def test_measured_choice_follows_a_change_and_logs_it_at_most_once_a_minute():
     """Drafting pays at first (tau 2), then its drafts stop being accepted (tau 1, other prompts): the exploring
-    steps notice and the rule switches, saying so once per change."""
-    rule = MeasuredWidthChoice(4, min_samples=2, explore_every=4, smoothing=0.5)
+    steps notice and the rule switches; each change is reported, but not twice within a minute per batch size."""
+    now = [0.0]
+    rule = MeasuredWidthChoice(4, min_samples=2, explore_every=4, smoothing=0.5, log_interval=60.0,
+                               clock=lambda: now[0])
 
     def run(steps: int, tau: float) -> tuple[list[int], list[str]]:
         widths, logs = [], []
         for _ in range(steps):
+            now[0] += 1.0  # one step per second
             width = rule.width(1)
             line = rule.record(1, width, round(tau) if width > 1 else 1, 0.075 if width > 1 else 0.050)
             widths.append(width)
@@ -98,9 +103,23 @@ def test_measured_choice_follows_a_change_and_logs_it():
     exploring = {step for step in range(1, 200) if step % 4 == 0}
     assert all(w == 4 for step, w in enumerate(widths, 1) if step > 4 and step not in exploring)
     assert len(logs) == 1 and logs[0].endswith("-> drafting")
-    widths, logs = run(40, tau=1.0)
+    widths, logs = run(40, tau=1.0)  # seconds 25-64: the switch comes early, its report once 60 s have passed
     assert all(w == 1 for step, w in enumerate(widths[-12:], 24 + 40 - 11) if step not in exploring)
     assert len(logs) == 1 and "batch size 1:" in logs[0] and logs[0].endswith("-> plain-width steps")
+
+
+def test_measured_choice_keeps_its_preference_near_break_even():
+    """Two kinds within the margin (here 3 % apart, alternating which is ahead): no flipping back and forth."""
+    rule = MeasuredWidthChoice(4, min_samples=2, explore_every=1000, smoothing=1.0, margin=0.05, log_interval=0.0)
+    widths, logs = [], []
+    for step in range(40):
+        width = rule.width(1)
+        ahead = step % 2 == 0
+        seconds = (0.097 if ahead else 0.103) if width > 1 else 0.050  # drafting: 2 tokens in ~0.1 s = 19-21 tok/s
+        logs.append(rule.record(1, width, 2 if width > 1 else 1, seconds))
+        widths.append(width)
+    assert len(set(widths[4:])) == 1, widths  # after the warm-up: one kind throughout
+    assert sum(1 for line in logs if line) == 1
 
 
 def test_measured_choice_buckets_large_batches():
