@@ -37,6 +37,15 @@ def test_cpu_dtype_default_follows_bf16_units(tmp_path, monkeypatch) -> None:
         assert cmd[cmd.index("--dtype") + 1] == dtype
 
 
+def test_cpu_verify_width_default_and_override() -> None:
+    cmd, _ = build_command("T", "D", "127.0.0.1", 30000, [], cpu=True)
+    assert cmd[cmd.index("--speculative-num-draft-tokens") + 1] == str(launch.CPU_DEFAULT_VERIFY_WIDTH)
+    cmd, _ = build_command("T", "D", "127.0.0.1", 30000, ["--speculative-num-draft-tokens", "16"], cpu=True)
+    assert cmd.count("--speculative-num-draft-tokens") == 1 and cmd[-1] == "16"  # the user's width wins
+    for plain_or_gpu in (build_command("T", None, "h", 1, [], cpu=True)[0], build_command("T", "D", "h", 1, [], cpu=False)[0]):
+        assert "--speculative-num-draft-tokens" not in plain_or_gpu
+
+
 def test_cuda_command_has_no_cpu_flags() -> None:
     cmd, env = build_command("T", "D", "127.0.0.1", 30000, [], cpu=False)
     assert "--device" not in cmd
