@@ -29,6 +29,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from loadgen import run_level  # noqa: E402
 
+from sglang_domino.plugin.draft_width import MAX_SPECULATIVE_BATCH_ENV  # noqa: E402
 from sglang_domino.rollout import draft_logits_dtype  # noqa: E402
 from serving import Server, load_payloads  # noqa: E402
 
@@ -70,7 +71,8 @@ def offline_profile(target_dir: Path, draft_dir: Path, prompts: Path, num: int, 
 def server_profile(target_dir: Path, draft_dir: Path, prompts: Path, num: int, max_new_tokens: int, port: int,
                    log_dir: Path, extra: list[str]) -> dict[str, Any]:
     """Seconds per verify step of a real Domino server answering one request at a time."""
-    server = Server("domino", target_dir, draft_dir, port, extra, log_dir)
+    # Drafting at every step: this profiles speculative rounds, not the adaptive switch's plain-width steps.
+    server = Server("domino", target_dir, draft_dir, port, extra, log_dir, env={MAX_SPECULATIVE_BATCH_ENV: "none"})
     try:
         server.wait_healthy()
         payloads = load_payloads(prompts, target_dir, num, max_new_tokens)

@@ -50,3 +50,14 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+@pytest.fixture
+def fresh_cpu_fast_paths_switch(monkeypatch):
+    """$SGLANG_DOMINO_CPU_FAST_PATHS unset and its cached reading cleared, before and after the test."""
+    from sglang_domino.kernels import cpu_linear
+
+    monkeypatch.delenv(cpu_linear.ENV_SWITCH, raising=False)
+    cpu_linear.enabled.cache_clear()
+    yield
+    cpu_linear.enabled.cache_clear()

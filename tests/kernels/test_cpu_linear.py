@@ -14,12 +14,7 @@ from sglang_domino.kernels.cpu_linear import (MAX_SMALL_ROWS, applies, fast_line
                                               parse_switch, small_batch_linear)
 
 
-@pytest.fixture(autouse=True)
-def _fresh_switch(monkeypatch):
-    monkeypatch.delenv(cpu_linear.ENV_SWITCH, raising=False)
-    cpu_linear.enabled.cache_clear()
-    yield
-    cpu_linear.enabled.cache_clear()
+pytestmark = pytest.mark.usefixtures("fresh_cpu_fast_paths_switch")
 
 
 @pytest.mark.parametrize("shape", [(1, 48), (2, 48), (4, 48), (7, 48), (MAX_SMALL_ROWS, 48), (2, 3, 48)])

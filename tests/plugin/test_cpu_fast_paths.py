@@ -13,12 +13,7 @@ from sglang_domino.kernels import cpu_linear
 from sglang_domino.plugin import cpu_fast_paths
 
 
-@pytest.fixture(autouse=True)
-def _fresh_switch(monkeypatch):
-    monkeypatch.delenv(cpu_fast_paths.ENV_SWITCH, raising=False)
-    cpu_fast_paths.enabled.cache_clear()
-    yield
-    cpu_fast_paths.enabled.cache_clear()
+pytestmark = pytest.mark.usefixtures("fresh_cpu_fast_paths_switch")
 
 
 needs_onednn = pytest.mark.skipif(not cpu_linear.onednn_packing_available(),
