@@ -105,6 +105,13 @@ def weight_copy_key(weight: torch.Tensor) -> tuple:
 OnNewCopy = Callable[[Any], None]
 
 
+def weight_owner(weight: torch.Tensor) -> torch.Tensor:
+    """Where a packed copy of ``weight`` is kept: the tensor it is a full-size view of (so the target's lm_head
+    and drafting's ``lm_head.weight[:vocab]`` share one copy), else ``weight`` itself."""
+    base = weight._base
+    return base if base is not None and weight_copy_key(base) == weight_copy_key(weight) else weight
+
+
 def packed_weight(owner: Any, weight: torch.Tensor, on_new_copy: Optional[OnNewCopy] = None) -> torch.Tensor:
     """``owner``'s oneDNN-packed copy of ``weight`` [out, in], made on first use and kept as an attribute of
     ``owner`` (a module, or the weight tensor itself); remade when :func:`weight_copy_key` changes.
@@ -161,12 +168,12 @@ def fast_linear(owner: Any, x: torch.Tensor, weight: torch.Tensor, bias: Optiona
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """``F.linear(x, weight)``, through :func:`fast_linear` when it applies; a packed copy is kept on ``weight``
-    itself, so callers that reuse the same weight tensor (the drafting lm_head) pack it once."""
-    out = fast_linear(weight, x, weight)
+    """``F.linear(x, weight)``, through :func:`fast_linear` when it applies; a packed copy is kept on
+    :func:`weight_owner`, so a weight reused across calls (the drafting lm_head) is packed once."""
+    out = fast_linear(weight_owner(weight), x, weight)
     return F.linear(x, weight) if out is None else out
 
 
 __all__ = ["ENV_SWITCH", "MAX_SMALL_ROWS", "SMALL_ROWS", "applies", "enabled", "fast_linear", "linear",
            "onednn_packing_available", "packed_linear", "packed_weight", "parse_switch", "small_batch_linear",
-           "weight_copy_key"]
+           "weight_copy_key", "weight_owner"]

@@ -49,15 +49,13 @@ def refuse_online_weight_updates(module: Any, reason: str) -> None:
     setattr(module, DERIVED_WEIGHT_ERROR_ATTR, f"{existing} {reason}" if existing else reason)
 
 
-def _refuse_updates_while_packed(module: Any) -> None:
-    refuse_online_weight_updates(module, PACKED_WEIGHTS_REFUSAL)
-
-
 def fast_linear(module: Any, x: torch.Tensor, weight: torch.Tensor,
                 bias: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
-    """:func:`sglang_domino.kernels.cpu_linear.fast_linear` for an SGLang layer: a packed copy is kept on
-    ``module`` and makes SGLang refuse online weight updates for it. None = upstream's product."""
-    return cpu_linear.fast_linear(module, x, weight, bias, on_new_copy=_refuse_updates_while_packed)
+    """:func:`sglang_domino.kernels.cpu_linear.fast_linear` for an SGLang layer: a packed copy is kept with the
+    weight (:func:`~sglang_domino.kernels.cpu_linear.weight_owner`, shared with Domino's drafting for the lm_head)
+    and makes SGLang refuse online weight updates for ``module``. None = upstream's product."""
+    return cpu_linear.fast_linear(cpu_linear.weight_owner(weight), x, weight, bias,
+                                  on_new_copy=lambda _: refuse_online_weight_updates(module, PACKED_WEIGHTS_REFUSAL))
 
 
 # The AROUND hooks (registered by :func:`sglang_domino.plugin.hooks.register_hooks`; targets in the contract).

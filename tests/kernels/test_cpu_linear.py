@@ -126,3 +126,18 @@ def test_linear_with_the_switch_off_is_f_linear(monkeypatch) -> None:
     assert fast_linear(weight, x, weight) is None
     assert torch.equal(linear(x, weight), F.linear(x, weight))
     assert not hasattr(weight, "_domino_onednn_weight")
+
+
+@pytest.mark.skipif(not cpu_linear.onednn_packing_available(), reason="this torch build cannot pack weights for oneDNN")
+def test_a_full_size_view_shares_its_base_packed_copy() -> None:
+    """Drafting's ``lm_head.weight[:vocab]`` and the target's lm_head (the full parameter) pack one copy; a real
+    slice (fewer rows) has its own."""
+    weight, x = torch.randn(300, 64), torch.randn(3, 64)
+    full_view, slice_view = weight[:300], weight[:200]
+    assert cpu_linear.weight_owner(full_view) is weight and cpu_linear.weight_owner(slice_view) is slice_view
+    linear(x, full_view)
+    shared = cpu_linear.packed_weight(weight, weight)
+    linear(x, full_view)
+    assert cpu_linear.packed_weight(weight, weight) is shared
+    torch.testing.assert_close(linear(x, slice_view), F.linear(x, slice_view), rtol=1e-5, atol=1e-5)
+    assert cpu_linear.packed_weight(slice_view, slice_view) is not shared

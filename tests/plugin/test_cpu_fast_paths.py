@@ -31,8 +31,8 @@ def test_packed_weight_is_made_once_remade_on_a_new_weight_and_refuses_online_up
     assert _unsupported_derived_weight_cache_error(model) is None
     with torch.no_grad():
         first = cpu_fast_paths.fast_linear(layer, x, layer.weight)
-        packed = cpu_linear.packed_weight(layer, layer.weight)
-        assert cpu_linear.packed_weight(layer, layer.weight) is packed  # kept, not repacked per call
+        packed = cpu_linear.packed_weight(layer.weight, layer.weight)
+        assert cpu_linear.packed_weight(layer.weight, layer.weight) is packed  # kept, not repacked per call
         error = _unsupported_derived_weight_cache_error(model)
         assert error is not None and f"{cpu_fast_paths.ENV_SWITCH}=0" in error
         layer.weight.mul_(2)  # an autograd-visible write bumps the version: repacked
