@@ -58,6 +58,23 @@ def fast_linear(module: Any, x: torch.Tensor, weight: torch.Tensor,
                                   on_new_copy=lambda _: refuse_online_weight_updates(module, PACKED_WEIGHTS_REFUSAL))
 
 
+def prepack_linears(model: torch.nn.Module) -> int:
+    """Pack now every float32 weight of ``model``'s SGLang linear layers that :func:`fast_linear` would pack in
+    its first few-row product (a server's first request would pay for it: :func:`~sglang_domino.kernels.cpu_linear.
+    prepack`); returns how many were packed. Layers with another quantisation method are left alone."""
+    from sglang.srt.layers.quantization.unquant import UnquantizedLinearMethod
+
+    packed = 0
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        if isinstance(getattr(module, "quant_method", None), UnquantizedLinearMethod) and isinstance(weight,
+                                                                                                     torch.Tensor):
+            packed += cpu_linear.prepack(cpu_linear.weight_owner(weight), weight,
+                                         on_new_copy=lambda _, m=module: refuse_online_weight_updates(
+                                             m, PACKED_WEIGHTS_REFUSAL))
+    return packed
+
+
 # The AROUND hooks (registered by :func:`sglang_domino.plugin.hooks.register_hooks`; targets in the contract).
 def unquantized_linear_apply(original, self, layer, x, bias=None, *args, **kwargs):
     """``UnquantizedLinearMethod.apply``: every dense linear of the target (and of SGLang-run drafters)."""

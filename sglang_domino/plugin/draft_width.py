@@ -29,8 +29,9 @@ drafter's τ, the width and the kernels too, so the worker measures both kinds o
 from __future__ import annotations
 
 import os
+import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Union
 
 MAX_SPECULATIVE_BATCH_ENV = "SGLANG_DOMINO_MAX_SPECULATIVE_BATCH"
@@ -125,16 +126,26 @@ class FixedWidthRule:
 
 @dataclass
 class _Throughput:
-    """Smoothed output tokens and seconds per step of one kind at one batch size (rate = tokens / seconds)."""
+    """Smoothed output tokens and seconds per step of one kind at one batch size (rate = tokens / seconds).
+
+    The first ``warmup`` steps are combined by their median, later ones by an exponential average: the first step
+    of a kind pays one-time costs (packing the drafting head took 2.3 s on an AVX2 machine, then 11 ms a step),
+    which as the average's starting point made drafting look 5x slower than it was for minutes. A later step
+    slower than ``outlier_factor`` x the average (a garbage collection, the machine busy elsewhere) counts as that
+    factor: it still moves the average, and a lasting change is followed within a few steps."""
 
     tokens: float = 0.0
     seconds: float = 0.0
     samples: int = 0
+    first_steps: list = field(default_factory=list)  # (tokens, seconds) of the warm-up steps
 
-    def add(self, tokens: float, seconds: float, smoothing: float) -> None:
-        if self.samples == 0:
-            self.tokens, self.seconds = tokens, seconds
+    def add(self, tokens: float, seconds: float, smoothing: float, warmup: int, outlier_factor: float) -> None:
+        if self.samples < warmup:
+            self.first_steps.append((tokens, seconds))
+            self.tokens = statistics.median(t for t, _ in self.first_steps)
+            self.seconds = statistics.median(s for _, s in self.first_steps)
         else:
+            seconds = min(seconds, self.seconds * outlier_factor)
             self.tokens += smoothing * (tokens - self.tokens)
             self.seconds += smoothing * (seconds - self.seconds)
         self.samples += 1
@@ -148,8 +159,10 @@ class MeasuredWidthChoice:
     """Per decode batch size, draft (full width) or not (plain width), whichever measured more output tokens per
     second here.
 
-    Each batch-size bucket (:meth:`bucket`) first runs :attr:`min_samples` steps of each kind, then keeps the kind
-    with the higher smoothed rate (exponential averages of tokens and seconds per step, weight :attr:`smoothing`)
+    Each batch-size bucket (:meth:`bucket`) first runs :attr:`min_samples` steps of each kind (their median starts the
+    average: a kind's first step pays one-time costs), then keeps the kind with the higher smoothed rate
+    (exponential averages of tokens and seconds per step, weight :attr:`smoothing`; a step slower than
+    :attr:`outlier_factor` x the average counts as that factor)
     and changes only when the other one is ahead by more than :attr:`margin` (near break-even, noise would
     otherwise flip it every few steps for nothing); every :attr:`explore_every`-th step runs the other kind, so a
     change (a longer context, other prompts, a busier machine) is noticed, at a cost of at most 1/explore_every of
@@ -163,13 +176,14 @@ class MeasuredWidthChoice:
     always_drafts = False
 
     def __init__(self, full_width: int, *, min_samples: int = 3, explore_every: int = 16, smoothing: float = 0.25,
-                 margin: float = 0.05, log_interval: float = 60.0,
+                 margin: float = 0.05, outlier_factor: float = 2.0, log_interval: float = 60.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.full_width = int(full_width)
         self.min_samples = min_samples
         self.explore_every = explore_every
         self.smoothing = smoothing
         self.margin = margin
+        self.outlier_factor = outlier_factor
         self.log_interval = log_interval
         self._clock = clock
         self._stats: dict[tuple[int, bool], _Throughput] = {}
@@ -199,7 +213,8 @@ class MeasuredWidthChoice:
         """Add one step's measurement; returns a log line when the preferred kind at this batch size changed (at
         most once per :attr:`log_interval` seconds per bucket)."""
         b, drafting = self.bucket(batch_size), width > 1
-        self._throughput(b, drafting).add(float(tokens), float(seconds), self.smoothing)
+        self._throughput(b, drafting).add(float(tokens), float(seconds), self.smoothing, self.min_samples,
+                                          self.outlier_factor)
         draft, plain = self._throughput(b, True), self._throughput(b, False)
         if min(draft.samples, plain.samples) < self.min_samples:
             return None

@@ -176,6 +176,13 @@ class DominoWorker(DFlashWorkerV2):
         elif cpu_linear.applies(target_lm_head[:1].detach(), target_lm_head.detach()) and cpu_linear.enabled():
             # Drafting's base-logit GEMM keeps a oneDNN-packed copy of the float32 head (kernels.cpu_linear.linear).
             cpu_fast_paths.refuse_online_weight_updates(target_lm_head_module, cpu_fast_paths.PACKED_WEIGHTS_REFUSAL)
+        if device_type == "cpu":
+            # Convert/pack the drafting head and the drafter's linears now: done lazily, the first drafting step
+            # took seconds (2.3 s for the float32 head on an AVX2 machine) -- in a user's first request, and in
+            # the adaptive width rule's first measurement.
+            drafting_head = self._target_weights(target_lm_head_module)[1]
+            cpu_linear.prepack(cpu_linear.weight_owner(drafting_head), drafting_head)
+            cpu_fast_paths.prepack_linears(self.draft_model)
         logger.info(
             "Domino worker ready: block_size=%d, shift_label=%s, pure_draft_prefix_len=%d, head=%s, device=%s, "
             "draft logits in %s (target lm_head %s), exact full-vocabulary correction, sampled drafts at %.2f x the "

@@ -141,3 +141,21 @@ def test_a_full_size_view_shares_its_base_packed_copy() -> None:
     assert cpu_linear.packed_weight(weight, weight) is shared
     torch.testing.assert_close(linear(x, slice_view), F.linear(x, slice_view), rtol=1e-5, atol=1e-5)
     assert cpu_linear.packed_weight(slice_view, slice_view) is not shared
+
+
+def test_prepack_makes_the_copy_the_first_product_would_make(monkeypatch) -> None:
+    """A server packs at start what its first few-row product would pack; nothing for weights no fast path takes,
+    nor with the switch off."""
+    weight, x = torch.randn(300, 64), torch.randn(3, 64)
+    assert cpu_linear.prepack(weight, weight.double()) is False
+    if not cpu_linear.onednn_packing_available():
+        assert cpu_linear.prepack(weight, weight) is False
+        return
+    assert cpu_linear.prepack(weight, weight) is True
+    packed = cpu_linear.packed_weight(weight, weight)
+    torch.testing.assert_close(linear(x, weight), F.linear(x, weight), rtol=1e-5, atol=1e-5)
+    assert cpu_linear.packed_weight(weight, weight) is packed  # the product used the copy made ahead
+    monkeypatch.setenv(cpu_linear.ENV_SWITCH, "0")
+    cpu_linear.enabled.cache_clear()
+    other = torch.randn(300, 64)
+    assert cpu_linear.prepack(other, other) is False and not hasattr(other, "_domino_onednn_weight")

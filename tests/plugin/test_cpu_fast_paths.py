@@ -42,6 +42,37 @@ def test_packed_weight_is_made_once_remade_on_a_new_weight_and_refuses_online_up
                                    rtol=1e-5, atol=1e-5)
 
 
+@needs_onednn
+def test_prepack_linears_packs_sglang_linears_only_and_refuses_online_updates() -> None:
+    """The Domino worker packs the drafter's SGLang linears at start; other modules (a torch Linear, a layer
+    with another quantisation method, a bf16 weight) are left to their first product or to upstream."""
+    from sglang.srt.layers.quantization.unquant import UnquantizedLinearMethod
+    from sglang.srt.model_executor.model_runner_components.weight_updater import (
+        _unsupported_derived_weight_cache_error,
+    )
+
+    def layer(dtype=torch.float32, method=UnquantizedLinearMethod):
+        module = torch.nn.Module()
+        module.weight = torch.nn.Parameter(torch.randn(16, 8, dtype=dtype), requires_grad=False)
+        module.quant_method = method()
+        return module
+
+    model = torch.nn.ModuleDict({"a": layer(), "b": layer(), "bf16": layer(torch.bfloat16),
+                                 "other": layer(method=object), "torch": torch.nn.Linear(8, 16)})
+    assert cpu_fast_paths.prepack_linears(model) == 2
+    for name in ("a", "b"):
+        assert hasattr(model[name].weight, "_domino_onednn_weight")
+        assert f"{cpu_fast_paths.ENV_SWITCH}=0" in _unsupported_derived_weight_cache_error(model[name])
+    for name in ("bf16", "other", "torch"):
+        assert not hasattr(model[name].weight, "_domino_onednn_weight")
+        assert _unsupported_derived_weight_cache_error(model[name]) is None
+    x = torch.randn(4, 8)
+    packed = cpu_linear.packed_weight(model["a"].weight, model["a"].weight)
+    torch.testing.assert_close(cpu_fast_paths.fast_linear(model["a"], x, model["a"].weight),
+                               F.linear(x, model["a"].weight), rtol=1e-5, atol=1e-5)
+    assert cpu_linear.packed_weight(model["a"].weight, model["a"].weight) is packed
+
+
 def _original(tag: str):
     calls = []
 
