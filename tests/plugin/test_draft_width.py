@@ -75,9 +75,10 @@ def test_measured_choice_drafts_where_drafting_is_faster_and_not_where_it_is_slo
     eight = _serve(rule, 8, 64, seconds, tau=1.6)
     assert one[:6] == [4, 4, 4, 1, 1, 1]  # warm-up: both kinds measured, drafting first
     assert eight[:6] == [4, 4, 4, 1, 1, 1]
-    # After the warm-up: the faster kind, except one exploring step in every 16.
-    assert one[6:].count(1) == sum(1 for step in range(7, 65) if step % 16 == 0)
-    assert eight[6:].count(4) == sum(1 for step in range(7, 65) if step % 16 == 0)
+    # After the warm-up: the faster kind, except exploring steps, every 16th at first; the other kind is far behind
+    # here (>20 %) at both sizes, so the interval doubles after each: steps 16, 32, 64.
+    assert [step for step, w in enumerate(one, 1) if step > 6 and w == 1] == [16, 32, 64]
+    assert [step for step, w in enumerate(eight, 1) if step > 6 and w == 4] == [16, 32, 64]
     rates = rule.rates()
     assert rates[1]["drafting"] > rates[1]["plain"] and rates[8]["drafting"] < rates[8]["plain"]
 
@@ -106,6 +107,17 @@ def test_measured_choice_follows_a_change_and_logs_it_at_most_once_a_minute():
     widths, logs = run(40, tau=1.0)  # seconds 25-64: the switch comes early, its report once 60 s have passed
     assert all(w == 1 for step, w in enumerate(widths[-12:], 24 + 40 - 11) if step not in exploring)
     assert len(logs) == 1 and "batch size 1:" in logs[0] and logs[0].endswith("-> plain-width steps")
+
+
+def test_measured_choice_keeps_exploring_often_while_the_race_is_close():
+    """Drafting 2 tokens in 0.1 s (20 tok/s) against plain 1 in 0.055 s (18.2 tok/s): within the back-off gap, so
+    every 16th step still explores; the interval never grows past its maximum either."""
+    rule = MeasuredWidthChoice(4, min_samples=3, explore_every=16, max_explore_every=64)
+    close = _serve(rule, 1, 96, lambda batch, width: 0.1 if width > 1 else 0.055, tau=2.0)
+    assert [step for step, w in enumerate(close, 1) if step > 6 and w == 1] == [16, 32, 48, 64, 80, 96]
+    far = _serve(rule, 2, 600, lambda batch, width: 0.5 if width > 1 else 0.05, tau=1.0)
+    assert [step for step, w in enumerate(far, 1) if step > 6 and w == 4] == [16, 32, 64, 128, 192, 256, 320, 384,
+                                                                               448, 512, 576]
 
 
 def test_measured_choice_keeps_its_preference_near_break_even():
