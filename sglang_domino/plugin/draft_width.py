@@ -167,12 +167,12 @@ class MeasuredWidthChoice:
     otherwise flip it every few steps for nothing); every :attr:`explore_every`-th step runs the other kind, so a
     change (a longer context, other prompts, a busier machine) is noticed. While the explored kind stays far behind
     (more than :attr:`backoff_gap` below the preferred rate) the interval doubles after each exploring step, up to
-    :attr:`max_explore_every`: at 8 requests on an AVX2 CPU a drafting step cost ~2.5x a plain one, so exploring
-    every 16th step cost ~6 % of the throughput for a question already answered. A close or changed race sets it
-    back to :attr:`explore_every`. Tokens per step are what the step committed (accepted drafts + bonus per request; one per request
-    at plain width), seconds the worker's wall time for the step (CPU: synchronous). Outputs cannot depend on the
-    choice. A change of preference is reported (:meth:`record`) at most once per :attr:`log_interval` seconds per
-    bucket.
+    :attr:`max_explore_every`: where one kind clearly loses, a fixed 1 step in 16 of it is throughput spent on a
+    question already answered. A close race or a change of
+    preference sets it back to :attr:`explore_every`. Tokens per step are what the step committed (accepted drafts
+    + bonus per request; one per request at plain width), seconds the worker's wall time for the step (CPU:
+    synchronous). Outputs cannot depend on the choice. A change of preference is reported (:meth:`record`) at most
+    once per :attr:`log_interval` seconds per bucket.
     """
 
     measures = True
@@ -233,9 +233,11 @@ class MeasuredWidthChoice:
         else:
             preferred = draft.rate > plain.rate * (1 + self.margin)
         self._preferred[b] = preferred
-        if current is not None and drafting != current:  # an exploring step: back off while the race is not close
+        if current is not None and preferred != current:
+            self._explore_every[b] = self.explore_every
+        elif current is not None and drafting != current:  # an exploring step kept the preference
             explored, kept = (draft, plain) if drafting else (plain, draft)
-            far_behind = preferred == current and explored.rate < kept.rate * (1 - self.backoff_gap)
+            far_behind = explored.rate < kept.rate * (1 - self.backoff_gap)
             interval = self._explore_every.get(b, self.explore_every)
             self._explore_every[b] = min(2 * interval, self.max_explore_every) if far_behind else self.explore_every
         now = self._clock()
