@@ -31,6 +31,7 @@ from __future__ import annotations
 import os
 import statistics
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Union
 
@@ -126,44 +127,44 @@ class FixedWidthRule:
 
 @dataclass
 class _Throughput:
-    """Smoothed output tokens and seconds per step of one kind at one batch size (rate = tokens / seconds).
+    """Output tokens and seconds per step of one kind at one batch size (rate = tokens / seconds).
 
-    The first ``warmup`` steps are combined by their median, later ones by an exponential average: the first step
-    of a kind pays one-time costs (packing the drafting head took 2.3 s on an AVX2 machine, then 11 ms a step),
-    which as the average's starting point made drafting look 5x slower than it was for minutes. A later step
-    slower than ``outlier_factor`` x the average (a garbage collection, the machine busy elsewhere) counts as that
-    factor: it still moves the average, and a lasting change is followed within a few steps."""
+    Tokens: an exponential average (bounded per step, only noisy). Seconds: the median of the last
+    ``window`` steps, because step times have outliers that an average carries for a long time: the first steps
+    of a kind pay one-time costs, and a server's first steps share the CPU with whatever else is starting (in a
+    benchmark starting three servers, the first drafting steps measured 2.0 tok/s against ~17 later, and an
+    average starting there took three minutes of sparse exploring steps to recover). A median forgets a slow
+    start after ``window // 2 + 1`` normal steps, ignores a stray slow step (a garbage collection) and follows a
+    lasting change as fast."""
 
     tokens: float = 0.0
-    seconds: float = 0.0
     samples: int = 0
-    first_steps: list = field(default_factory=list)  # (tokens, seconds) of the warm-up steps
+    recent_seconds: deque = field(default_factory=deque)
 
-    def add(self, tokens: float, seconds: float, smoothing: float, warmup: int, outlier_factor: float) -> None:
-        if self.samples < warmup:
-            self.first_steps.append((tokens, seconds))
-            self.tokens = statistics.median(t for t, _ in self.first_steps)
-            self.seconds = statistics.median(s for _, s in self.first_steps)
-        else:
-            seconds = min(seconds, self.seconds * outlier_factor)
-            self.tokens += smoothing * (tokens - self.tokens)
-            self.seconds += smoothing * (seconds - self.seconds)
+    def add(self, tokens: float, seconds: float, smoothing: float, window: int) -> None:
+        self.tokens = tokens if self.samples == 0 else self.tokens + smoothing * (tokens - self.tokens)
+        self.recent_seconds.append(seconds)
+        while len(self.recent_seconds) > window:
+            self.recent_seconds.popleft()
         self.samples += 1
 
     @property
+    def seconds(self) -> float:
+        return statistics.median(self.recent_seconds) if self.recent_seconds else 0.0
+
+    @property
     def rate(self) -> float:
-        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+        seconds = self.seconds
+        return self.tokens / seconds if seconds > 0 else 0.0
 
 
 class MeasuredWidthChoice:
     """Per decode batch size, draft (full width) or not (plain width), whichever measured more output tokens per
     second here.
 
-    Each batch-size bucket (:meth:`bucket`) first runs :attr:`min_samples` steps of each kind (their median starts the
-    average: a kind's first step pays one-time costs), then keeps the kind with the higher smoothed rate
-    (exponential averages of tokens and seconds per step, weight :attr:`smoothing`; a step slower than
-    :attr:`outlier_factor` x the average counts as that factor)
-    and changes only when the other one is ahead by more than :attr:`margin` (near break-even, noise would
+    Each batch-size bucket (:meth:`bucket`) first runs :attr:`min_samples` steps of each kind, then keeps the kind
+    with the higher rate (tokens per step: exponential average, weight :attr:`smoothing`; seconds per step: median
+    of the kind's last :attr:`window` steps) and changes only when the other one is ahead by more than :attr:`margin` (near break-even, noise would
     otherwise flip it every few steps for nothing); every :attr:`explore_every`-th step runs the other kind, so a
     change (a longer context, other prompts, a busier machine) is noticed. While the explored kind stays far behind
     (more than :attr:`backoff_gap` below the preferred rate) the interval doubles after each exploring step, up to
@@ -180,7 +181,7 @@ class MeasuredWidthChoice:
 
     def __init__(self, full_width: int, *, min_samples: int = 3, explore_every: int = 16,
                  max_explore_every: int = 128, backoff_gap: float = 0.2, smoothing: float = 0.25,
-                 margin: float = 0.05, outlier_factor: float = 2.0, log_interval: float = 60.0,
+                 margin: float = 0.05, window: int = 5, log_interval: float = 60.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.full_width = int(full_width)
         self.min_samples = min_samples
@@ -189,7 +190,7 @@ class MeasuredWidthChoice:
         self.backoff_gap = backoff_gap
         self.smoothing = smoothing
         self.margin = margin
-        self.outlier_factor = outlier_factor
+        self.window = window
         self.log_interval = log_interval
         self._clock = clock
         self._stats: dict[tuple[int, bool], _Throughput] = {}
@@ -220,8 +221,7 @@ class MeasuredWidthChoice:
         """Add one step's measurement; returns a log line when the preferred kind at this batch size changed (at
         most once per :attr:`log_interval` seconds per bucket)."""
         b, drafting = self.bucket(batch_size), width > 1
-        self._throughput(b, drafting).add(float(tokens), float(seconds), self.smoothing, self.min_samples,
-                                          self.outlier_factor)
+        self._throughput(b, drafting).add(float(tokens), float(seconds), self.smoothing, self.window)
         draft, plain = self._throughput(b, True), self._throughput(b, False)
         if min(draft.samples, plain.samples) < self.min_samples:
             return None
