@@ -74,6 +74,8 @@ logger = logging.getLogger(__name__)
 
 # Debug/test hook: one JSON line per verified request-block (rid, position, bonus, drafts, accept_len).
 DRAFT_LOG_ENV = "SGLANG_DOMINO_DRAFT_LOG"
+# One JSON line per decode step: batch size, width, committed tokens, worker seconds (what the adaptive rule sees).
+STEP_LOG_ENV = "SGLANG_DOMINO_STEP_LOG"
 
 
 class _DominoProposer:
@@ -147,6 +149,7 @@ class DominoWorker(DFlashWorkerV2):
                     layer.self_attn.use_table_qk_norm_rope = False
         self._draft_log_path = os.environ.get(DRAFT_LOG_ENV) or None
         self._draft_log_lock = threading.Lock()
+        self._step_log_path = os.environ.get(STEP_LOG_ENV) or None
         # Upstream casts the block embeddings to bf16 before every draft forward; keep the draft's own dtype
         # (fp32 serving) -- see hooks._extend_forward_kwargs.
         self.draft_model_runner.domino_keep_input_embeds_dtype = True
@@ -254,11 +257,17 @@ class DominoWorker(DFlashWorkerV2):
         try:
             result = super().forward_batch_generation(batch, on_publish=on_publish, grammar_barrier=grammar_barrier,
                                                       pp_proxy_tensors=pp_proxy_tensors)
-            if width is not None and self._width_rule.measures and self._step_commit_lens is not None:
+            if width is not None and self._step_commit_lens is not None and (self._width_rule.measures
+                                                                              or self._step_log_path):
+                seconds = time.perf_counter() - started
                 tokens = int(self._step_commit_lens.sum())
-                change = self._width_rule.record(batch_size, width, tokens, time.perf_counter() - started)
+                change = self._width_rule.record(batch_size, width, tokens, seconds)
                 if change:
                     logger.info(change)
+                if self._step_log_path:
+                    with self._draft_log_lock, open(self._step_log_path, "a") as fh:
+                        fh.write(json.dumps({"batch_size": batch_size, "width": width, "tokens": tokens,
+                                             "seconds": round(seconds, 6)}) + "\n")
             return result
         finally:
             if plain_width:
@@ -348,4 +357,4 @@ def _no_draft_forward(forward_batch, *args, **kwargs) -> _NoDraftOutput:
     return _NoDraftOutput()
 
 
-__all__ = ["DOMINO_PROPOSER", "DRAFT_LOG_ENV", "DominoWorker", "sampling_params_from_batch"]
+__all__ = ["DOMINO_PROPOSER", "DRAFT_LOG_ENV", "STEP_LOG_ENV", "DominoWorker", "sampling_params_from_batch"]

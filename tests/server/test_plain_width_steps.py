@@ -11,6 +11,7 @@ context KV missed nothing while it was not drafting.
 
 from __future__ import annotations
 
+import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -29,10 +30,11 @@ def switching(request, tiny, tmp_path_factory):
     logs = tmp_path_factory.mktemp("switching_logs")
     cmd = launch_cmd(tiny.target, free_port(), draft=tiny.drafter)
     env = cpu_env(SGLANG_DOMINO_DRAFT_LOG=str(logs / "drafts.jsonl"), SGLANG_DOMINO_DRAFT_LOGITS_DTYPE="float32",
-                  SGLANG_DOMINO_MAX_SPECULATIVE_BATCH=request.param)
+                  SGLANG_DOMINO_MAX_SPECULATIVE_BATCH=request.param, SGLANG_DOMINO_STEP_LOG=str(logs / "steps.jsonl"))
     proc, t0 = start_server("switching", cmd, env, logs / "server.log")
     server = Server("switching", f"http://127.0.0.1:{cmd[cmd.index('--port') + 1]}", proc, logs / "server.log",
-                    logs / "drafts.jsonl", extra={"t_launch": t0, "setting": request.param})
+                    logs / "drafts.jsonl", extra={"t_launch": t0, "setting": request.param,
+                                                  "step_log": logs / "steps.jsonl"})
     try:
         wait_ready(server)
         yield server
@@ -114,3 +116,21 @@ def test_drafts_after_plain_width_steps_equal_offline_reference(rounds, switchin
             checked, mismatched = checked + c, mismatched + m
     assert checked >= 8, checked
     assert mismatched == 0, f"{mismatched}/{checked} blocks drafted after plain-width steps differ from the offline rollout"
+
+
+def test_step_log_counts_what_the_steps_committed(rounds, switching) -> None:
+    """``SGLANG_DOMINO_STEP_LOG``: one line per decode step; plain-width steps commit one token per request,
+    drafting steps at least one and at most the width; together they emitted every generated token."""
+    payloads, _, switched = rounds
+    steps = [json.loads(line) for line in switching.extra["step_log"].read_text().splitlines()]
+    widths = {s["width"] for s in steps}
+    assert 1 in widths and len(widths) == 2, widths  # plain width and the block size
+    for s in steps:
+        assert s["seconds"] > 0
+        if s["width"] == 1:
+            assert s["tokens"] == s["batch_size"], s
+        else:
+            assert s["batch_size"] <= s["tokens"] <= s["batch_size"] * s["width"], s
+    # Each request's first token comes from its prefill, every later one from a decode step.
+    generated = sum(len(out["output_ids"]) - 1 for out in switched)
+    assert sum(s["tokens"] for s in steps) >= generated
