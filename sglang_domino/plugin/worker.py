@@ -259,8 +259,8 @@ class DominoWorker(DFlashWorkerV2):
                                                       pp_proxy_tensors=pp_proxy_tensors)
             if width is not None and self._step_commit_lens is not None and (self._width_rule.measures
                                                                               or self._step_log_path):
+                tokens = int(self._step_commit_lens.sum())  # first: on a GPU this waits for the step to finish
                 seconds = time.perf_counter() - started
-                tokens = int(self._step_commit_lens.sum())
                 change = self._width_rule.record(batch_size, width, tokens, seconds)
                 if change:
                     logger.info(change)
