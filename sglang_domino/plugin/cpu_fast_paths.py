@@ -49,13 +49,27 @@ def refuse_online_weight_updates(module: Any, reason: str) -> None:
     setattr(module, DERIVED_WEIGHT_ERROR_ATTR, f"{existing} {reason}" if existing else reason)
 
 
+def _refuse_updates_once_packed(module: Any) -> cpu_linear.OnNewCopy:
+    """The ``on_new_copy`` callback for ``module``'s weight: SGLang refuses online weight updates for ``module``."""
+    return lambda _: refuse_online_weight_updates(module, PACKED_WEIGHTS_REFUSAL)
+
+
 def fast_linear(module: Any, x: torch.Tensor, weight: torch.Tensor,
                 bias: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
     """:func:`sglang_domino.kernels.cpu_linear.fast_linear` for an SGLang layer: a packed copy is kept with the
     weight (:func:`~sglang_domino.kernels.cpu_linear.weight_owner`, shared with Domino's drafting for the lm_head)
     and makes SGLang refuse online weight updates for ``module``. None = upstream's product."""
     return cpu_linear.fast_linear(cpu_linear.weight_owner(weight), x, weight, bias,
-                                  on_new_copy=lambda _: refuse_online_weight_updates(module, PACKED_WEIGHTS_REFUSAL))
+                                  on_new_copy=_refuse_updates_once_packed(module))
+
+
+def _linear_hook_weight(layer: Any) -> Optional[torch.Tensor]:
+    """The weight :func:`unquantized_linear_apply` multiplies by itself, or None where upstream's code runs (no
+    tensor weight, an AMX-packed layer)."""
+    from sglang.srt.utils.common import use_intel_amx_backend
+
+    weight = getattr(layer, "weight", None)
+    return weight if isinstance(weight, torch.Tensor) and not use_intel_amx_backend(layer) else None
 
 
 def prepack_linears(model: torch.nn.Module) -> int:
@@ -66,22 +80,18 @@ def prepack_linears(model: torch.nn.Module) -> int:
 
     packed = 0
     for module in model.modules():
-        weight = getattr(module, "weight", None)
-        if isinstance(getattr(module, "quant_method", None), UnquantizedLinearMethod) and isinstance(weight,
-                                                                                                     torch.Tensor):
+        weight = _linear_hook_weight(module)
+        if weight is not None and isinstance(getattr(module, "quant_method", None), UnquantizedLinearMethod):
             packed += cpu_linear.prepack(cpu_linear.weight_owner(weight), weight,
-                                         on_new_copy=lambda _, m=module: refuse_online_weight_updates(
-                                             m, PACKED_WEIGHTS_REFUSAL))
+                                         on_new_copy=_refuse_updates_once_packed(module))
     return packed
 
 
 # The AROUND hooks (registered by :func:`sglang_domino.plugin.hooks.register_hooks`; targets in the contract).
 def unquantized_linear_apply(original, self, layer, x, bias=None, *args, **kwargs):
     """``UnquantizedLinearMethod.apply``: every dense linear of the target (and of SGLang-run drafters)."""
-    from sglang.srt.utils.common import use_intel_amx_backend
-
-    weight = getattr(layer, "weight", None)
-    if not args and not kwargs and isinstance(weight, torch.Tensor) and not use_intel_amx_backend(layer):
+    weight = _linear_hook_weight(layer)
+    if not args and not kwargs and weight is not None:
         out = fast_linear(layer, x, weight, bias)
         if out is not None:
             return out

@@ -32,7 +32,7 @@ import os
 import statistics
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Optional, Union
 
 MAX_SPECULATIVE_BATCH_ENV = "SGLANG_DOMINO_MAX_SPECULATIVE_BATCH"
@@ -137,15 +137,13 @@ class _Throughput:
     start after ``window // 2 + 1`` normal steps, ignores a stray slow step (a garbage collection) and follows a
     lasting change as fast."""
 
+    recent_seconds: deque  # bounded: deque(maxlen=window)
     tokens: float = 0.0
     samples: int = 0
-    recent_seconds: deque = field(default_factory=deque)
 
-    def add(self, tokens: float, seconds: float, smoothing: float, window: int) -> None:
+    def add(self, tokens: float, seconds: float, smoothing: float) -> None:
         self.tokens = tokens if self.samples == 0 else self.tokens + smoothing * (tokens - self.tokens)
         self.recent_seconds.append(seconds)
-        while len(self.recent_seconds) > window:
-            self.recent_seconds.popleft()
         self.samples += 1
 
     @property
@@ -164,16 +162,16 @@ class MeasuredWidthChoice:
 
     Each batch-size bucket (:meth:`bucket`) first runs :attr:`min_samples` steps of each kind, then keeps the kind
     with the higher rate (tokens per step: exponential average, weight :attr:`smoothing`; seconds per step: median
-    of the kind's last :attr:`window` steps) and changes only when the other one is ahead by more than :attr:`margin` (near break-even, noise would
-    otherwise flip it every few steps for nothing); every :attr:`explore_every`-th step runs the other kind, so a
-    change (a longer context, other prompts, a busier machine) is noticed. While the explored kind stays far behind
-    (more than :attr:`backoff_gap` below the preferred rate) the interval doubles after each exploring step, up to
-    :attr:`max_explore_every`: where one kind clearly loses, a fixed 1 step in 16 of it is throughput spent on a
-    question already answered. A close race or a change of
-    preference sets it back to :attr:`explore_every`. Tokens per step are what the step committed (accepted drafts
-    + bonus per request; one per request at plain width), seconds the worker's wall time for the step (CPU:
-    synchronous). Outputs cannot depend on the choice. A change of preference is reported (:meth:`record`) at most
-    once per :attr:`log_interval` seconds per bucket.
+    of the kind's last :attr:`window` steps) and changes only when the other one is ahead by more than
+    :attr:`margin` (near break-even, noise would otherwise flip it every few steps for nothing); every
+    :attr:`explore_every`-th step runs the other kind, so a change (a longer context, other prompts, a busier
+    machine) is noticed. While the explored kind stays far behind (more than :attr:`backoff_gap` below the
+    preferred rate) the interval doubles after each exploring step, up to :attr:`max_explore_every`: where one kind
+    clearly loses, a fixed 1 step in 16 of it is throughput spent on a question already answered. A close race or
+    a change of preference sets it back to :attr:`explore_every`. Tokens per step are what the step committed
+    (accepted drafts + bonus per request; one per request at plain width), seconds the worker's wall time for the
+    step (CPU: synchronous). Outputs cannot depend on the choice. A change of preference is reported
+    (:meth:`record`) at most once per :attr:`log_interval` seconds per bucket.
     """
 
     measures = True
@@ -205,7 +203,10 @@ class MeasuredWidthChoice:
         return batch_size if batch_size <= 8 else 1 << (batch_size - 1).bit_length()
 
     def _throughput(self, bucket: int, drafting: bool) -> _Throughput:
-        return self._stats.setdefault((bucket, drafting), _Throughput())
+        stats = self._stats.get((bucket, drafting))
+        if stats is None:
+            stats = self._stats[bucket, drafting] = _Throughput(recent_seconds=deque(maxlen=self.window))
+        return stats
 
     def width(self, batch_size: int) -> int:
         b = self.bucket(batch_size)
@@ -221,7 +222,7 @@ class MeasuredWidthChoice:
         """Add one step's measurement; returns a log line when the preferred kind at this batch size changed (at
         most once per :attr:`log_interval` seconds per bucket)."""
         b, drafting = self.bucket(batch_size), width > 1
-        self._throughput(b, drafting).add(float(tokens), float(seconds), self.smoothing, self.window)
+        self._throughput(b, drafting).add(float(tokens), float(seconds), self.smoothing)
         draft, plain = self._throughput(b, True), self._throughput(b, False)
         if min(draft.samples, plain.samples) < self.min_samples:
             return None
