@@ -1,29 +1,35 @@
-"""Automatic switch-off: decode batches above a size run plain-width steps (no drafts), smaller ones draft.
+"""Step width per decode batch: plain-width steps (no drafts) where speculation does not pay, and on CPU by default
+the narrower or wider verify that measured fastest.
 
 Why: on a CPU the target's verify forward is compute-bound once a few requests share a step, so verifying B
 tokens per request costs nearly B times a plain step while the drafts win back only τ: above a small batch size
 speculation loses to plain decoding (see the README's serving results). A *plain-width* step verifies one
 token per request -- the bonus, i.e. exactly a plain decode step -- and still feeds the drafter's context KV
 with the target's hidden states of the committed tokens, so drafting resumes at full width, with nothing
-missing from its context, as soon as the batch shrinks again.
+missing from its context, as soon as the batch shrinks again. A width between 1 and the configured one drafts
+fewer tokens and verifies fewer rows per request in the same way (the worker drafts a block of that width).
 
 Mechanism (the analogue of upstream EAGLE's adaptive runtime states, without graphs to rebuild on CPU):
 every attribute of ``DFlashWorkerV2`` whose shape follows the block width (:data:`WIDTH_ATTRS`) is kept per width
 in a :class:`WidthStates` and swapped in before a step. Nothing carried from one step to the next depends on the
 width (``DFlashDraftInputV2`` holds the bonus tokens and lengths; the drafter-KV append happens inside the step),
 and the scheduler reads each result's own ``speculative_num_draft_tokens``, so consecutive steps may differ.
-Every emitted token is still the target's own (width 1 emits the target's bonus), so the switch cannot change
-outputs, only speed.
+Every emitted token is still the target's own (width 1 emits the target's bonus; narrower blocks are verified by
+the same rule), so the width cannot change outputs, only speed.
 
 ``$SGLANG_DOMINO_MAX_SPECULATIVE_BATCH``: ``auto`` (default: ``adaptive`` on CPU, no limit on GPUs, whose verify is
-cheap at these batch sizes), ``adaptive`` (CPU only: :class:`MeasuredWidthChoice` -- per decode batch size, draft or
-not by which of the two measured more output tokens per second on this machine), ``none`` (always draft), or
-N >= 1 (draft while the decode batch has at most N requests).
+cheap at these batch sizes), ``adaptive`` (CPU only: :class:`MeasuredWidthChoice` -- per decode batch size, the width among
+1 (plain), 2, 3, 4, 8 and the configured one, up to it, that measured the most output tokens per second on this
+machine), ``none`` (always draft at the configured width), or N >= 1 (draft at the configured width while the
+decode batch has at most N requests).
 
 Why measured rather than a fixed N: where speculation stops paying depends on the CPU. On an AVX-512 machine
 Domino beat plain decoding at one request and tied at two; on an AVX2-only machine (float32, no bf16 units) it
 lost even at one with an earlier drafting kernel (README, serving results). The break-even moves with the
-drafter's τ, the width and the kernels too, so the worker measures both kinds of step as it serves.
+drafter's τ, the width and the kernels too, so the worker measures its steps as it serves. Why several widths: on
+the AVX2 machine the first draft is accepted about a third of the time whatever the width, while every further
+verified row per request costs ~11 ms: at one request width 2 commits 1.34 tokens per 72 ms step (18.7 tok/s of
+worker time) against width 4's 1.57 per 94 ms (16.6) and plain width's 1 per 58.5 ms (17.1).
 """
 
 from __future__ import annotations
@@ -127,24 +133,32 @@ class FixedWidthRule:
 
 @dataclass
 class _Throughput:
-    """Output tokens and seconds per step of one kind at one batch size (rate = tokens / seconds).
+    """Output tokens and seconds per step of one width at one batch size (rate = tokens / seconds).
 
-    Tokens: an exponential average (bounded per step, only noisy). Seconds: the median of the last
-    ``window`` steps, because step times have outliers that an average carries for a long time: the first steps
-    of a kind pay one-time costs, and a server's first steps share the CPU with whatever else is starting (in a
-    benchmark starting three servers, the first drafting steps measured 2.0 tok/s against ~17 later, and an
-    average starting there took three minutes of sparse exploring steps to recover). A median forgets a slow
-    start after ``window // 2 + 1`` normal steps, ignores a stray slow step (a garbage collection) and follows a
-    lasting change as fast."""
+    Tokens: the mean of the last ``token_window`` steps. What a drafting step commits is noisy -- at one request
+    the first draft is accepted about a third of the time, so a single step commits 1 or 2 tokens -- and an
+    exponential average with weight 0.25 still carried ~13 % noise at one request, more than the gaps between
+    widths it has to tell apart (5-10 %): the preference flipped on lucky and unlucky streaks. A 64-step mean
+    carries ~4 % and still follows a change of prompt within seconds (64 steps: ~5 s at one request here).
+    Seconds: the median of the last ``window`` steps, because step times have outliers that an average carries
+    for a long time: the first steps of a width pay one-time costs, and a server's first steps share the CPU with
+    whatever else is starting (in a benchmark starting three servers, the first drafting steps measured 2.0 tok/s
+    against ~17 later, and an average starting there took three minutes of sparse exploring steps to recover).
+    A median forgets a slow start after ``window // 2 + 1`` normal steps, ignores a stray slow step (a garbage
+    collection) and follows a lasting change as fast."""
 
+    recent_tokens: deque  # bounded: deque(maxlen=token_window)
     recent_seconds: deque  # bounded: deque(maxlen=window)
-    tokens: float = 0.0
     samples: int = 0
 
-    def add(self, tokens: float, seconds: float, smoothing: float) -> None:
-        self.tokens = tokens if self.samples == 0 else self.tokens + smoothing * (tokens - self.tokens)
+    def add(self, tokens: float, seconds: float) -> None:
+        self.recent_tokens.append(tokens)
         self.recent_seconds.append(seconds)
         self.samples += 1
+
+    @property
+    def tokens(self) -> float:
+        return statistics.fmean(self.recent_tokens) if self.recent_tokens else 0.0
 
     @property
     def seconds(self) -> float:
@@ -156,111 +170,144 @@ class _Throughput:
         return self.tokens / seconds if seconds > 0 else 0.0
 
 
-class MeasuredWidthChoice:
-    """Per decode batch size, draft (full width) or not (plain width), whichever measured more output tokens per
-    second here.
+# Widths the adaptive rule measures besides the configured one: plain width (1) and the narrow widths where a CPU
+# verify costs least. On the AVX2 machine at one request (2026-12-04, worker seconds per step, drafter v5): width 2
+# committed 1.34 tokens in 71.6 ms (18.7 tok/s), width 4 1.57 in 94.4 ms (16.6), plain width 1 in ~58.5 ms (17.1):
+# the first draft is accepted a third of the time whatever the width, and each further verified row costs.
+ADAPTIVE_WIDTHS: tuple[int, ...] = (1, 2, 3, 4, 8)
 
-    Each batch-size bucket (:meth:`bucket`) first runs :attr:`min_samples` steps of each kind, then keeps the kind
-    with the higher rate (tokens per step: exponential average, weight :attr:`smoothing`; seconds per step: median
-    of the kind's last :attr:`window` steps) and changes only when the other one is ahead by more than
-    :attr:`margin` (near break-even, noise would otherwise flip it every few steps for nothing); every
-    :attr:`explore_every`-th step runs the other kind, so a change (a longer context, other prompts, a busier
-    machine) is noticed. While the explored kind stays far behind (more than :attr:`backoff_gap` below the
-    preferred rate) the interval doubles after each exploring step, up to :attr:`max_explore_every`: where one kind
-    clearly loses, a fixed 1 step in 16 of it is throughput spent on a question already answered. A close race or
-    a change of preference sets it back to :attr:`explore_every`. Tokens per step are what the step committed
-    (accepted drafts + bonus per request; one per request at plain width), seconds the worker's wall time for the
-    step (CPU: synchronous). Outputs cannot depend on the choice. A change of preference is reported
-    (:meth:`record`) at most once per :attr:`log_interval` seconds per bucket.
+
+def candidate_widths(full_width: int) -> tuple[int, ...]:
+    """The widths :class:`MeasuredWidthChoice` chooses among: :data:`ADAPTIVE_WIDTHS` up to ``full_width``, and it."""
+    full_width = int(full_width)
+    return tuple(sorted({w for w in ADAPTIVE_WIDTHS if w <= full_width} | {full_width}))
+
+
+class MeasuredWidthChoice:
+    """Per decode batch size, the step width -- plain (1), a narrow one, or the configured one -- that measured the
+    most output tokens per second here.
+
+    Each batch-size bucket (:meth:`bucket`) first runs :attr:`min_samples` steps of every width in :attr:`widths`
+    (widest first), then keeps the width with the highest rate (tokens per step: mean of the width's last
+    :attr:`token_window` steps; seconds per step: median of its last :attr:`window` steps) and changes only when
+    another one is ahead by more than :attr:`margin` (near break-even, noise would otherwise flip it every few
+    steps for nothing). Every other width is explored again once :attr:`explore_every` steps have passed since it
+    last ran (the most overdue first, one per step), so a change (a longer context, other prompts, a busier
+    machine) is noticed. While an explored width stays far behind (more than :attr:`backoff_gap` below the
+    preferred rate) its interval doubles after each exploring step, up to :attr:`max_explore_every`: where a width
+    clearly loses, running it every 16th step is throughput spent on a question already answered. A close race
+    sets its interval back to :attr:`explore_every`, a change of preference every interval. Tokens per step are
+    what the step committed (accepted drafts + bonus per request; one per request at plain width), seconds the
+    worker's wall time for the step (CPU: synchronous). Outputs cannot depend on the choice. A change of
+    preference is reported (:meth:`record`) at most once per :attr:`log_interval` seconds per bucket.
     """
 
     measures = True
     always_drafts = False
 
-    def __init__(self, full_width: int, *, min_samples: int = 3, explore_every: int = 16,
-                 max_explore_every: int = 128, backoff_gap: float = 0.2, smoothing: float = 0.25,
-                 margin: float = 0.05, window: int = 5, log_interval: float = 60.0,
+    def __init__(self, full_width: int, *, widths: Optional[tuple[int, ...]] = None, min_samples: int = 3,
+                 explore_every: int = 16, max_explore_every: int = 128, backoff_gap: float = 0.2,
+                 token_window: int = 64, margin: float = 0.05, window: int = 5, log_interval: float = 60.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.full_width = int(full_width)
+        self.widths = tuple(sorted(set(widths))) if widths is not None else candidate_widths(self.full_width)
+        if len(self.widths) < 2 or self.widths[0] < 1 or self.widths[-1] > self.full_width:
+            raise ValueError(f"adaptive widths {self.widths}: need two or more between 1 and {self.full_width}")
         self.min_samples = min_samples
         self.explore_every = explore_every
         self.max_explore_every = max_explore_every
         self.backoff_gap = backoff_gap
-        self.smoothing = smoothing
+        self.token_window = token_window
         self.margin = margin
         self.window = window
         self.log_interval = log_interval
         self._clock = clock
-        self._stats: dict[tuple[int, bool], _Throughput] = {}
+        self._stats: dict[tuple[int, int], _Throughput] = {}  # (bucket, width)
         self._steps: dict[int, int] = {}
-        self._explore_every: dict[int, int] = {}  # per bucket: the current exploring interval
-        self._preferred: dict[int, bool] = {}  # per bucket, once both kinds are measured
-        self._logged: dict[int, tuple[float, bool]] = {}  # per bucket: when, and which preference, last reported
+        self._last_run: dict[tuple[int, int], int] = {}  # (bucket, width): the step it last ran
+        self._interval: dict[tuple[int, int], int] = {}  # (bucket, width): its current exploring interval
+        self._preferred: dict[int, int] = {}  # per bucket, once every width is measured
+        self._logged: dict[int, tuple[float, int]] = {}  # per bucket: when, and which preference, last reported
 
     @staticmethod
     def bucket(batch_size: int) -> int:
         """Batch sizes up to 8 each, then powers of two (9-16 -> 16, 17-32 -> 32, ...)."""
         return batch_size if batch_size <= 8 else 1 << (batch_size - 1).bit_length()
 
-    def _throughput(self, bucket: int, drafting: bool) -> _Throughput:
-        stats = self._stats.get((bucket, drafting))
+    def _throughput(self, bucket: int, width: int) -> _Throughput:
+        stats = self._stats.get((bucket, width))
         if stats is None:
-            stats = self._stats[bucket, drafting] = _Throughput(recent_seconds=deque(maxlen=self.window))
+            stats = self._stats[bucket, width] = _Throughput(recent_tokens=deque(maxlen=self.token_window),
+                                                                recent_seconds=deque(maxlen=self.window))
         return stats
+
+    def _choose(self, b: int, step: int) -> int:
+        preferred = self._preferred.get(b)
+        if preferred is None:  # warm-up: every width min_samples times, widest first
+            for width in reversed(self.widths):
+                if self._throughput(b, width).samples < self.min_samples:
+                    return width
+            return self.full_width  # (record() sets the preference once the last warm-up step is in)
+        overdue = {w: (step - self._last_run.get((b, w), 0)) / self._interval.get((b, w), self.explore_every)
+                   for w in self.widths if w != preferred}
+        width = max(overdue, key=overdue.get)
+        return width if overdue[width] >= 1.0 else preferred
 
     def width(self, batch_size: int) -> int:
         b = self.bucket(batch_size)
         step = self._steps[b] = self._steps.get(b, 0) + 1
-        drafting = self._preferred.get(b)
-        if drafting is None:  # warm-up: drafting first
-            drafting = self._throughput(b, True).samples < self.min_samples
-        elif step % self._explore_every.get(b, self.explore_every) == 0:
-            drafting = not drafting
-        return self.full_width if drafting else 1
+        width = self._choose(b, step)
+        self._last_run[b, width] = step
+        return width
 
     def record(self, batch_size: int, width: int, tokens: int, seconds: float) -> Optional[str]:
-        """Add one step's measurement; returns a log line when the preferred kind at this batch size changed (at
+        """Add one step's measurement; returns a log line when the preferred width at this batch size changed (at
         most once per :attr:`log_interval` seconds per bucket)."""
-        b, drafting = self.bucket(batch_size), width > 1
-        self._throughput(b, drafting).add(float(tokens), float(seconds), self.smoothing)
-        draft, plain = self._throughput(b, True), self._throughput(b, False)
-        if min(draft.samples, plain.samples) < self.min_samples:
+        b = self.bucket(batch_size)
+        if width not in self.widths:  # not one of ours (cannot happen through the worker): nothing to learn
             return None
+        self._throughput(b, width).add(float(tokens), float(seconds))
+        if min(self._throughput(b, w).samples for w in self.widths) < self.min_samples:
+            return None
+        rate = {w: self._throughput(b, w).rate for w in self.widths}
+        best = max(self.widths, key=lambda w: (rate[w], w))
         current = self._preferred.get(b)
-        if current is None:
-            preferred = draft.rate >= plain.rate
-        elif current:
-            preferred = not plain.rate > draft.rate * (1 + self.margin)
+        if current is None or (best != current and rate[best] > rate[current] * (1 + self.margin)):
+            preferred = best
         else:
-            preferred = draft.rate > plain.rate * (1 + self.margin)
+            preferred = current
         self._preferred[b] = preferred
         if current is not None and preferred != current:
-            self._explore_every[b] = self.explore_every
-        elif current is not None and drafting != current:  # an exploring step kept the preference
-            explored, kept = (draft, plain) if drafting else (plain, draft)
-            far_behind = explored.rate < kept.rate * (1 - self.backoff_gap)
-            interval = self._explore_every.get(b, self.explore_every)
-            self._explore_every[b] = min(2 * interval, self.max_explore_every) if far_behind else self.explore_every
+            for w in self.widths:
+                self._interval[b, w] = self.explore_every
+        elif current is not None and width != current:  # an exploring step kept the preference
+            far_behind = rate[width] < rate[preferred] * (1 - self.backoff_gap)
+            interval = self._interval.get((b, width), self.explore_every)
+            self._interval[b, width] = min(2 * interval, self.max_explore_every) if far_behind else self.explore_every
         now = self._clock()
         last = self._logged.get(b)
         if last is not None and (last[1] == preferred or now - last[0] < self.log_interval):
             return None
         self._logged[b] = (now, preferred)
         size = f"{b}" if b <= 8 else f"{b // 2 + 1}-{b}"
-        return (f"Domino adaptive drafting: batch size {size}: drafting {draft.rate:.1f} tok/s vs plain-width "
-                f"{plain.rate:.1f} tok/s -> {'drafting' if preferred else 'plain-width steps'}")
+        measured = ", ".join(f"{_width_name(w)} {rate[w]:.1f}" for w in reversed(self.widths))
+        return f"Domino adaptive drafting: batch size {size}: {measured} tok/s -> {_width_name(preferred)}"
 
-    def rates(self) -> dict[int, dict[str, float]]:
-        """Measured tokens/s per bucket and kind (for logs and tests)."""
-        out: dict[int, dict[str, float]] = {}
-        for (b, drafting), t in sorted(self._stats.items()):
+    def rates(self) -> dict[int, dict[int, float]]:
+        """Measured tokens/s per bucket and width (for logs and tests)."""
+        out: dict[int, dict[int, float]] = {}
+        for (b, width), t in sorted(self._stats.items()):
             if t.samples:
-                out.setdefault(b, {})["drafting" if drafting else "plain"] = t.rate
+                out.setdefault(b, {})[width] = t.rate
         return out
 
     def describe(self) -> str:
-        return (f"choosing per decode batch size between drafting and plain-width steps by measured tokens/s "
-                f"({MAX_SPECULATIVE_BATCH_ENV}=adaptive)")
+        return (f"choosing per decode batch size among widths {', '.join(map(str, self.widths))} (1 = plain-width "
+                f"steps) by measured tokens/s ({MAX_SPECULATIVE_BATCH_ENV}=adaptive)")
+
+
+def _width_name(width: int) -> str:
+    return "plain width" if width == 1 else f"width {width}"
 
 
 def width_rule(device_type: str, full_width: int, raw: Optional[str] = None) -> Union[FixedWidthRule,
@@ -307,11 +354,13 @@ class WidthStates:
 
 __all__ = [
     "ADAPTIVE",
+    "ADAPTIVE_WIDTHS",
     "FixedWidthRule",
     "MAX_SPECULATIVE_BATCH_ENV",
     "MeasuredWidthChoice",
     "WIDTH_ATTRS",
     "WidthStates",
+    "candidate_widths",
     "is_default_setting",
     "resolve_max_speculative_batch",
     "step_width",

@@ -22,9 +22,10 @@ What is overridden, and why:
 * ``_maybe_build_draft_sampler``: upstream would fold its own greedy rollout into the draft CUDA graph; we keep
   the backbone graph and run the rollout after it.
 * ``forward_batch_generation``: only on devices without streams (CPU), lets upstream's
-  ``seq_lens.record_stream(...)`` be a no-op for that one tensor, then defers to upstream; a decode batch larger
-  than ``$SGLANG_DOMINO_MAX_SPECULATIVE_BATCH`` runs as a plain-width step (:mod:`.draft_width`: one token per
-  request, no draft forward, the drafter's context still fed).
+  ``seq_lens.record_stream(...)`` be a no-op for that one tensor, then defers to upstream at the width the
+  width rule picks for the step (:mod:`.draft_width`, ``$SGLANG_DOMINO_MAX_SPECULATIVE_BATCH``): the configured
+  width, a narrower one (fewer drafts, fewer verified rows), or a plain-width step (one token per request, no draft
+  forward, the drafter's context still fed).
 
 Hooks that must act inside ``DFlashWorkerV2.__init__`` are in :mod:`.hooks`.
 """

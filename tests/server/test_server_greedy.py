@@ -173,7 +173,7 @@ class OfflineDrafts:
                 cache = self.drafter.new_cache()
                 self.drafter.append_context(cache, features[:, :pos])
                 bonus = torch.tensor([rec["bonus"]])
-                hidden = self.drafter.draft_block_hidden(cache, bonus, self.embed)
+                hidden = self.drafter.draft_block_hidden(cache, bonus, self.embed, len(rec["drafts"]) + 1)  # its width
                 block = draft_from_hidden(hidden, bonus, self.embed, self.lm_head, self.drafter.head_weights(),
                                           shift_label=cfg.shift_label, pure_draft_prefix_len=cfg.pure_draft_prefix_len)
             checked += 1
