@@ -181,6 +181,10 @@ def test_measured_choice_recovers_quickly_from_a_slow_start():
     assert [step for step, w in enumerate(widths, 1) if step > 51 and w == 1] == [66, 98, 162], widths
 
 
+def _step_seconds(batch: int, width: int) -> float:
+    return 0.054 + 0.0045 * batch + (0.002 + 0.0114 * batch * (width - 1) if width > 1 else 0.0)
+
+
 def _cpu_step(batch: int, width: int, rng: random.Random) -> tuple[int, float]:
     """(tokens, seconds) of one decode step, shaped like the AVX2 measurements at one request (2026-12-04, drafter
     v5: plain width 1 token in 58.5 ms, width 2 1.34 in 71.6 ms, width 4 1.57 in 94.4 ms): the first draft is
@@ -193,8 +197,7 @@ def _cpu_step(batch: int, width: int, rng: random.Random) -> tuple[int, float]:
             if rng.random() >= (0.34 if slot == 0 else 0.47):
                 break
             tokens += 1
-    seconds = 0.054 + 0.0045 * batch + (0.002 + 0.0114 * batch * (width - 1) if width > 1 else 0.0)
-    return tokens, seconds
+    return tokens, _step_seconds(batch, width)
 
 
 def test_candidate_widths():
@@ -214,8 +217,7 @@ def _true_rate(batch: int, width: int) -> float:
     for slot in range(width - 1):
         p *= 0.34 if slot == 0 else 0.47
         accepted += p
-    seconds = 0.054 + 0.0045 * batch + (0.002 + 0.0114 * batch * (width - 1) if width > 1 else 0.0)
-    return batch * (1 + accepted) / seconds
+    return batch * (1 + accepted) / _step_seconds(batch, width)
 
 
 def test_measured_choice_picks_the_fastest_of_several_widths():
