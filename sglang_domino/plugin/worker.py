@@ -149,7 +149,7 @@ class DominoWorker(DFlashWorkerV2):
                 if getattr(layer.self_attn, "use_table_qk_norm_rope", False):
                     layer.self_attn.use_table_qk_norm_rope = False
         self._draft_log_path = os.environ.get(DRAFT_LOG_ENV) or None
-        self._draft_log_lock = threading.Lock()
+        self._log_lock = threading.Lock()  # the draft and step logs
         self._step_log_path = os.environ.get(STEP_LOG_ENV) or None
         # Upstream casts the block embeddings to bf16 before every draft forward; keep the draft's own dtype
         # (fp32 serving) -- see hooks._extend_forward_kwargs.
@@ -266,9 +266,8 @@ class DominoWorker(DFlashWorkerV2):
                 if change:
                     logger.info(change)
                 if self._step_log_path:
-                    with self._draft_log_lock, open(self._step_log_path, "a") as fh:
-                        fh.write(json.dumps({"batch_size": batch_size, "width": width, "tokens": tokens,
-                                             "seconds": round(seconds, 6)}) + "\n")
+                    self._append_log(self._step_log_path, [{"batch_size": batch_size, "width": width,
+                                                            "tokens": tokens, "seconds": round(seconds, 6)}])
             return result
         finally:
             if plain_width:
@@ -339,10 +338,14 @@ class DominoWorker(DFlashWorkerV2):
         rows = candidates.tolist()
         accepts = accept_len.tolist()
         positions = prefix_lens.tolist()
-        with self._draft_log_lock, open(self._draft_log_path, "a") as fh:
-            for i, row in enumerate(rows):
-                fh.write(json.dumps({"rid": rids[i] if i < len(rids) else None, "pos": int(positions[i]),
-                                     "bonus": row[0], "drafts": row[1:], "accept": int(accepts[i])}) + "\n")
+        self._append_log(self._draft_log_path, [{"rid": rids[i] if i < len(rids) else None, "pos": int(positions[i]),
+                                                 "bonus": row[0], "drafts": row[1:], "accept": int(accepts[i])}
+                                                for i, row in enumerate(rows)])
+
+    def _append_log(self, path: str, records: list[dict[str, Any]]) -> None:
+        """Append ``records`` as JSON lines to a diagnostic log (the draft log or the step log)."""
+        with self._log_lock, open(path, "a") as fh:
+            fh.writelines(json.dumps(record) + "\n" for record in records)
 
 
 class _NoDraftOutput:
