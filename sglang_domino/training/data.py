@@ -778,121 +778,15 @@ def greedy_generate(model: Any, input_ids: Any, attention_mask: Any, max_new_tok
     return out
 
 
-def _left_pad_cache(cache: Any, width: int) -> None:
-    """Left-pad every layer's keys/values of a DynamicCache with zeros to ``width`` positions (masked out)."""
-    import torch
-
-    for layer in cache.layers:
-        t = layer.keys.shape[-2]
-        if t < width:
-            pad = (0, 0, width - t, 0)
-            layer.keys = torch.nn.functional.pad(layer.keys, pad)
-            layer.values = torch.nn.functional.pad(layer.values, pad)
-
-
-def greedy_stream(model: Any, prompts: Iterable[tuple[Any, list[int]]], max_new_tokens: int,
-                  eos_token_id: Optional[int], batch_size: int) -> Iterator[tuple[Any, list[int]]]:
-    """Continuous-batching greedy decoding: yields ``(key, new_tokens)`` for each ``(key, prompt_ids)`` as
-    soon as it finishes (eos included when produced), in completion order.
-
-    Why: responses range from a few to ``max_new_tokens`` tokens; a static batch (``generate``, or
-    :func:`greedy_generate`) spends the tail of every batch on one or two long rows while the per-step cost
-    is dominated by reading the weights. Here finished rows leave, and once a quarter of the slots are free
-    the next prompts are prefilled and their KV caches merged into the running batch (left-padded, masked),
-    so the batch stays near ``batch_size``. Positions come from each row's own mask, as in ``generate``, so
-    every row's tokens are those of decoding it alone (up to floating-point reassociation)."""
-    import torch
-    from transformers import DynamicCache
-
-    source = iter(prompts)
-    pending_done = False
-    keys: list[Any] = []
-    outs: list[list[int]] = []
-    cache = None
-    mask = next_pos = last = None
-    refill_at = max(1, batch_size // 4)
-    while True:
-        free = batch_size - len(keys)
-        if not pending_done and (not keys or free >= refill_at):
-            batch = []
-            for item in source:
-                batch.append(item)
-                if len(batch) == free:
-                    break
-            if len(batch) < free:
-                pending_done = True
-            if batch:
-                width = max(len(ids) for _, ids in batch)
-                ids = torch.zeros(len(batch), width, dtype=torch.long)
-                m = torch.zeros(len(batch), width, dtype=torch.long)
-                for j, (_, row) in enumerate(batch):
-                    ids[j, width - len(row):] = torch.tensor(row, dtype=torch.long)
-                    m[j, width - len(row):] = 1
-                new_cache = DynamicCache()
-                logits = model(input_ids=ids, attention_mask=m, position_ids=(m.cumsum(-1) - 1).clamp(min=0),
-                               past_key_values=new_cache, use_cache=True, logits_to_keep=1).logits[:, -1]
-                new_tok = logits.float().argmax(-1)
-                if cache is None or not keys:
-                    cache, mask, next_pos, last = new_cache, m, m.sum(-1), new_tok
-                else:  # merge: left-pad the shorter side, then stack the batches
-                    total = max(mask.shape[1], width)
-                    _left_pad_cache(cache, total)
-                    _left_pad_cache(new_cache, total)
-                    for old_l, new_l in zip(cache.layers, new_cache.layers):
-                        old_l.keys = torch.cat([old_l.keys, new_l.keys], dim=0)
-                        old_l.values = torch.cat([old_l.values, new_l.values], dim=0)
-                    pad = lambda x: torch.nn.functional.pad(x, (total - x.shape[1], 0))  # noqa: E731
-                    mask = torch.cat([pad(mask), pad(m)], dim=0)
-                    next_pos = torch.cat([next_pos, m.sum(-1)])
-                    last = torch.cat([last, new_tok])
-                keys += [k for k, _ in batch]
-                outs += [[t] for t in new_tok.tolist()]
-                new_rows = set(range(len(keys) - len(batch), len(keys)))
-            else:
-                new_rows = set()
-        else:
-            new_rows = set()
-        if not keys:
-            return
-        if not new_rows:  # no prefill this round: every row advances one token
-            mask = torch.cat([mask, mask.new_ones(len(keys), 1)], dim=1)
-            logits = model(input_ids=last[:, None], attention_mask=mask, position_ids=next_pos[:, None],
-                           past_key_values=cache, use_cache=True).logits[:, -1]
-            next_pos = next_pos + 1
-            last = logits.float().argmax(-1)
-            for out, tok in zip(outs, last.tolist()):
-                out.append(tok)
-        keep = []
-        for j, out in enumerate(outs):
-            if out[-1] == eos_token_id or len(out) >= max_new_tokens:
-                yield keys[j], out
-            else:
-                keep.append(j)
-        if len(keep) < len(keys):
-            idx = torch.tensor(keep, dtype=torch.long)
-            cache.batch_select_indices(idx)
-            mask, next_pos, last = mask[idx], next_pos[idx], last[idx]
-            keys = [keys[j] for j in keep]
-            outs = [outs[j] for j in keep]
-            # Drop leading columns no remaining row attends to (the finished rows' longer prompts).
-            if keep:
-                first = int(mask.any(0).long().argmax())
-                if first > 0:
-                    mask = mask[:, first:]
-                    for layer in cache.layers:
-                        layer.keys = layer.keys[..., first:, :]
-                        layer.values = layer.values[..., first:, :]
-
-
 def server_stream(url: str, prompts: Iterable[tuple[Any, list[int]]], max_new_tokens: int,
                   eos_token_id: Optional[int], concurrency: int) -> Iterator[tuple[Any, list[int]]]:
     """Greedy decoding by a running SGLang server (``POST {url}/generate`` with ``input_ids``): yields
     ``(key, new_tokens)`` in completion order, the eos appended when the server stopped on it -- the same
-    contract as :func:`greedy_stream`.
+    contract as :func:`~sglang_domino.training.slot_decode.slot_greedy_stream`.
 
-    Why: SGLang's scheduler (paged KV, continuous batching, prefix cache over the shared chat-template prefix)
-    regenerates responses faster than the HF loop on this CPU (side by side, one core each: 50-57 vs
-    14-35 tokens/s), and its tokens are exactly what the served target says -- SpecForge regenerates its data the same way."""
+    Why keep it beside the in-process decoder: its tokens are exactly what the served target says (SpecForge
+    regenerates its data the same way). The in-process decoder is faster on this CPU (bf16, both cores: ~3x
+    the two one-core servers this replaced), so it is the default."""
     import requests
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
@@ -927,13 +821,14 @@ def server_stream(url: str, prompts: Iterable[tuple[Any, list[int]]], max_new_to
 def self_distill(target_dir: Path, prompts_path: Path, out_path: Path, max_new_tokens: int = 256,
                  batch_size: int = 16, *, limit: Optional[int] = None, num_threads: Optional[int] = 1,
                  max_prompt_tokens: int = 768, dtype: str = "bfloat16", progress: bool = True,
-                 server_url: Optional[str] = None) -> dict[str, float]:
+                 server_url: Optional[str] = None, sort_window: int = 1024) -> dict[str, float]:
     """Let the target answer ``prompts_path`` greedily and append conversations to ``out_path`` (JSONL).
 
     Each output line: ``{"messages": [...prompt..., {"role": "assistant", "content": ...}], "id", "kind",
     "source", "finish_reason": "stop"|"length", "completion_tokens"}``, written (in completion order) as
     soon as a response ends. Resumable: prompts whose id is already in ``out_path`` are skipped. Decoding is
-    :func:`greedy_stream` (continuous batching of up to ``batch_size`` rows, left-padded), or with ``server_url``
+    :func:`~sglang_domino.training.slot_decode.slot_greedy_stream` (continuous batching of up to ``batch_size``
+    rows over a slot KV cache), or with ``server_url``
     a running SGLang server serving the same target (:func:`server_stream`, ``batch_size`` requests in flight).
     ``num_threads`` defaults to 1 because this machine's other core is
     shared (``None`` leaves torch's default). ``limit`` caps the prompts considered (from the top of the
@@ -941,6 +836,8 @@ def self_distill(target_dir: Path, prompts_path: Path, out_path: Path, max_new_t
     import torch
     from tqdm import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .slot_decode import slot_greedy_stream
 
     if num_threads:
         torch.set_num_threads(num_threads)
@@ -969,18 +866,26 @@ def self_distill(target_dir: Path, prompts_path: Path, out_path: Path, max_new_t
         decode = functools.partial(server_stream, server_url, concurrency=batch_size)
     else:
         model = AutoModelForCausalLM.from_pretrained(target_dir, dtype=getattr(torch, dtype)).eval()
-        decode = functools.partial(greedy_stream, model, batch_size=batch_size)
+        decode = functools.partial(slot_greedy_stream, model, batch_size=batch_size,
+                                   max_prompt_tokens=max_prompt_tokens)
 
     def encoded() -> Iterator[tuple[int, list[int]]]:
-        """Prompts tokenised lazily (35k chat templates take a while); over-long ones are skipped."""
-        for j, it in enumerate(todo):
-            ids = tokenizer.apply_chat_template(it["messages"], tokenize=False, add_generation_prompt=True)
-            ids = tokenizer(ids, add_special_tokens=False)["input_ids"]
-            if len(ids) > max_prompt_tokens:
-                summary["skipped_long"] += 1
-                bar.update(1)
-                continue
-            yield j, ids
+        """Prompts tokenised lazily (35k chat templates take a while), over-long ones skipped, and each run of
+        ``sort_window`` prompts sorted by length: the in-process decoder's attention reads every slot up to the
+        longest slot, so rows of similar length waste less; windows keep the file's mix of prompt kinds."""
+        for lo in range(0, len(todo), sort_window):
+            window = []
+            for j in range(lo, min(lo + sort_window, len(todo))):
+                ids = tokenizer.apply_chat_template(todo[j]["messages"], tokenize=False, add_generation_prompt=True)
+                ids = tokenizer(ids, add_special_tokens=False)["input_ids"]
+                if len(ids) > max_prompt_tokens:
+                    summary["skipped_long"] += 1
+                    bar.update(1)
+                    continue
+                window.append((j, ids))
+            if not server_url:
+                window.sort(key=lambda item: len(item[1]))
+            yield from window
 
     t0 = last_sync = time.time()
     bar = tqdm(total=len(todo), desc="self-distil", unit="prompt", disable=not progress, dynamic_ncols=True)

@@ -1,7 +1,6 @@
 """Training-data pipeline: assistant-only loss mask, held-out/train disjointness, resumable self-distillation.
 
-Everything here builds offline in seconds: a byte-level BPE tokenizer trained on a few sentences (with the
-embedded target's ChatML template) and a tiny random Llama stand in for the real target."""
+The tokenizer and the tiny random Llama that stand in for the real target are in ``conftest.py``."""
 
 from __future__ import annotations
 
@@ -12,55 +11,7 @@ import pytest
 import torch
 
 from sglang_domino.embedded import HELDOUT_PROMPTS
-from sglang_domino.embedded.target import CHATML_TEMPLATE
 from sglang_domino.training import data as D
-
-_CORPUS = [
-    "What is the capital of France? The capital of France is Paris.",
-    "Write a haiku about the sea. Waves fold into foam, the tide keeps its slow promise.",
-    "def add(a, b): return a + b  # print(add(2, 3)) prints 5",
-    "Explain recursion: a function that calls itself until a base case stops it.",
-] * 4
-
-
-def build_tokenizer():
-    """A ChatML byte-level BPE tokenizer (special ids 0-2 as in SmolLM2), built without any download."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(_CORPUS, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|im_end|>",
-                                   bos_token="<|im_start|>", unk_token="<|endoftext|>")
-    fast.chat_template = CHATML_TEMPLATE
-    return fast
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return build_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def tiny_target(tmp_path_factory, tokenizer) -> Path:
-    """A 2-layer random Llama saved with the tokenizer: what ``self_distill`` loads."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    out = tmp_path_factory.mktemp("tiny_target")
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                      tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id,
-                      initializer_range=0.3,  # large enough that outputs depend on the context
-                      pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id)
-    LlamaForCausalLM(cfg).eval().save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
-
 
 CONV = [
     {"role": "user", "content": "What is the capital of France?"},
@@ -223,29 +174,6 @@ def test_self_distill_resumes(tmp_path, tiny_target):
         assert [m["role"] for m in r["messages"]] == ["user", "assistant"]
         assert r["finish_reason"] in ("stop", "length") and 1 <= r["completion_tokens"] <= 6
         assert r["id"] == D.prompt_id(r["messages"][:-1])
-
-
-def test_greedy_stream_matches_one_at_a_time(tiny_target, tokenizer):
-    """Continuous batching (refills, merges, trims) gives each prompt the tokens of decoding it alone."""
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(tiny_target, dtype=torch.float32).eval()
-    qs = ["What is the capital of France?", "Explain recursion", "haiku", "def add(a, b):", "Waves fold into foam",
-          "What is 2 plus 2? Explain recursion: a function that calls itself", "sea", "print(add(2, 3))"]
-    prompts = [tokenizer(tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False,
-                                                       add_generation_prompt=True), add_special_tokens=False)["input_ids"]
-               for q in qs]
-    with torch.inference_mode():
-        free = [D.greedy_generate(model, torch.tensor([p]), torch.ones(1, len(p), dtype=torch.long), 16, None)[0]
-                for p in prompts]
-        # Stop on the token most rows emit somewhere, so rows end at different steps.
-        stop = max(range(len(tokenizer)), key=lambda t: sum(t in row[1:] for row in free))
-        alone = [D.greedy_generate(model, torch.tensor([p]), torch.ones(1, len(p), dtype=torch.long), 16, stop)[0]
-                 for p in prompts]
-        streamed = dict(D.greedy_stream(model, enumerate(prompts), 16, stop, batch_size=3))
-    assert sorted(streamed) == list(range(len(prompts)))
-    assert [streamed[i] for i in range(len(prompts))] == alone
-    assert len({len(x) for x in alone}) > 1  # rows really finished at different steps
 
 
 def test_pack_dedups_against_shipped_parts_and_splits_validation(tmp_path):
