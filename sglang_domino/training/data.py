@@ -821,7 +821,9 @@ def server_stream(url: str, prompts: Iterable[tuple[Any, list[int]]], max_new_to
 def self_distill(target_dir: Path, prompts_path: Path, out_path: Path, max_new_tokens: int = 256,
                  batch_size: int = 16, *, limit: Optional[int] = None, num_threads: Optional[int] = 1,
                  max_prompt_tokens: int = 768, dtype: str = "bfloat16", progress: bool = True,
-                 server_url: Optional[str] = None, sort_window: int = 1024) -> dict[str, float]:
+                 server_url: Optional[str] = None, sort_window: int = 1024,
+                 feature_cache: Optional[Path] = None, feature_layers: Sequence[int] = (),
+                 feature_max_len: int = 640) -> dict[str, float]:
     """Let the target answer ``prompts_path`` greedily and append conversations to ``out_path`` (JSONL).
 
     Each output line: ``{"messages": [...prompt..., {"role": "assistant", "content": ...}], "id", "kind",
@@ -862,12 +864,48 @@ def self_distill(target_dir: Path, prompts_path: Path, out_path: Path, max_new_t
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     eos_id = tokenizer.eos_token_id
+    def record(j: int, row: list[int]) -> dict[str, Any]:
+        """The conversation line for prompt ``todo[j]`` and its new tokens ``row`` (eos included if produced)."""
+        it = todo[j]
+        finish = "length"
+        if eos_id in row:
+            row = row[: row.index(eos_id)]
+            finish = "stop"
+        content = tokenizer.decode(row, skip_special_tokens=True).strip()
+        return {"messages": list(it["messages"]) + [{"role": "assistant", "content": content}],
+                "id": it.get("id") or prompt_id(it["messages"]), "kind": it.get("kind"),
+                "source": it.get("source"), "finish_reason": finish,
+                "completion_tokens": len(row) + (finish == "stop")}
+
+    writer = None
     if server_url:
+        if feature_cache is not None:
+            raise ValueError("--feature-cache needs the in-process decoder (not --server): it reads the hidden "
+                             "states while decoding")
         decode = functools.partial(server_stream, server_url, concurrency=batch_size)
     else:
+        from .trainer import FeatureCache, FeatureShardWriter
+
         model = AutoModelForCausalLM.from_pretrained(target_dir, dtype=getattr(torch, dtype)).eval()
+        capture = None
+        if feature_cache is not None:
+            if not feature_layers:
+                raise ValueError("--feature-cache needs --feature-layers (the drafter's target_layer_ids)")
+            fingerprint = FeatureCache.fingerprint(Path(target_dir), feature_layers, dtype, dtype)
+            FeatureCache.prepare(Path(feature_cache), fingerprint, getattr(torch, dtype))
+            writer = FeatureShardWriter(feature_cache, getattr(torch, dtype))
+
+            def capture(j: int, row: list[int], features_of) -> None:
+                """Store the features of the training tokenisation of this conversation (what ``train`` keys its
+                feature cache by), taken from the decoder's own forward passes."""
+                rec = record(j, row)
+                ids, _ = tokenize_conversation(tokenizer, rec["messages"], feature_max_len)
+                ids = ids.tolist()
+                writer.add(FeatureCache.sequence_key(torch.tensor(ids)), features_of(ids))
+
         decode = functools.partial(slot_greedy_stream, model, batch_size=batch_size,
-                                   max_prompt_tokens=max_prompt_tokens)
+                                   max_prompt_tokens=max(max_prompt_tokens, feature_max_len if writer else 0),
+                                   feature_layers=list(feature_layers) if writer else (), capture=capture)
 
     def encoded() -> Iterator[tuple[int, list[int]]]:
         """Prompts tokenised lazily (35k chat templates take a while), over-long ones skipped, and each run of
@@ -891,16 +929,7 @@ def self_distill(target_dir: Path, prompts_path: Path, out_path: Path, max_new_t
     bar = tqdm(total=len(todo), desc="self-distil", unit="prompt", disable=not progress, dynamic_ncols=True)
     with open(out_path, "a", encoding="utf-8") as out, torch.inference_mode():
         for j, row in decode(encoded(), max_new_tokens, eos_id):
-            it = todo[j]
-            finish = "length"
-            if eos_id in row:
-                row = row[: row.index(eos_id)]
-                finish = "stop"
-            content = tokenizer.decode(row, skip_special_tokens=True).strip()
-            rec = {"messages": list(it["messages"]) + [{"role": "assistant", "content": content}],
-                   "id": it.get("id") or prompt_id(it["messages"]), "kind": it.get("kind"),
-                   "source": it.get("source"), "finish_reason": finish,
-                   "completion_tokens": len(row) + (finish == "stop")}
+            rec = record(j, row)
             out.write(json.dumps(rec, ensure_ascii=False) + "\n")
             out.flush()  # a whole line per record: a kill leaves at most one torn line, cut on resume
             if time.time() - last_sync > 30:
@@ -911,6 +940,9 @@ def self_distill(target_dir: Path, prompts_path: Path, out_path: Path, max_new_t
             bar.update(1)
             bar.set_postfix(tok_s=f"{summary['tokens'] / max(time.time() - t0, 1e-9):.1f}", tokens=summary["tokens"])
     bar.close()
+    if writer is not None:
+        writer.flush()
+        summary["feature_sequences"] = len(writer.written)
     summary["seconds"] = round(time.time() - t0, 1)
     summary["tokens_per_s"] = round(summary["tokens"] / max(summary["seconds"], 1e-9), 1)
     return summary
@@ -993,6 +1025,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--server", default=None, metavar="URL",
                    help="decode with a running SGLang server of the same target (e.g. `sglang-domino serve "
                         "--no-speculation --dtype float32`); --batch-size requests in flight")
+    p.add_argument("--feature-cache", type=Path, default=None, metavar="DIR",
+                   help="also store each conversation's target features into DIR, a `train --feature-cache` "
+                        "directory (in-process decoder only; train with --target-dtype and --feature-dtype = --dtype)")
+    p.add_argument("--feature-layers", default="2,15,27",
+                   help="target layers of the features (the drafter's target_layer_ids; default: the embedded drafter's)")
+    p.add_argument("--feature-max-len", type=int, default=640, help="the --max-len of the training run")
     p = sub.add_parser("pack", help="gzip distillation outputs into a shippable part (dedup, optional validation split)")
     p.add_argument("inputs", type=Path, nargs="+")
     p.add_argument("--out", type=Path, required=True)
@@ -1021,7 +1059,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         summary = self_distill(target, args.prompts, args.out, args.max_new_tokens, args.batch_size,
                                limit=args.limit, num_threads=args.threads or None, dtype=args.dtype,
-                               server_url=args.server)
+                               server_url=args.server, feature_cache=args.feature_cache,
+                               feature_layers=[int(x) for x in args.feature_layers.split(",") if x.strip()],
+                               feature_max_len=args.feature_max_len)
         print(json.dumps(summary))
     return 0
 

@@ -16,7 +16,8 @@ new_tokens)`` in completion order, the eos included when produced.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator, Optional
+import functools
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -33,10 +34,14 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor
 
 
 class SlotGreedyDecoder:
-    """Greedy decoding over ``slots`` rows of a preallocated KV cache ``[layers, slots, kv_heads, max_len,
-    head_dim]``. ``prefill(slot, ids)`` starts a row, ``step()`` advances every live row by one token."""
+    """Greedy decoding over ``slots`` rows of a KV cache ``[layers, slots, kv_heads, capacity, head_dim]``.
+    ``prefill(slots, prompts)`` starts rows, ``step()`` advances every live row by one token.
 
-    def __init__(self, model: Any, slots: int, max_len: int):
+    With ``feature_layers`` it also keeps, per slot and position, the outputs of those layers concatenated
+    (``hidden_states[id + 1]`` in HF terms: what the drafter is trained on), so
+    :meth:`sequence_features` can hand out a finished row's training features without a second target pass."""
+
+    def __init__(self, model: Any, slots: int, max_len: int, feature_layers: Sequence[int] = ()):
         config = model.config
         self.model = model
         self.inner = model.model
@@ -53,8 +58,22 @@ class SlotGreedyDecoder:
         self.lengths = torch.zeros(slots, dtype=torch.long)  # filled positions per slot
         self.last = torch.zeros(slots, dtype=torch.long)  # the token each slot feeds next
         self.live = torch.zeros(slots, dtype=torch.bool)
+        self.feature_column = {layer: j for j, layer in enumerate(feature_layers)}
+        self.features = None
+        if self.feature_column:
+            hidden = config.hidden_size
+            self.features = torch.zeros(slots, max_len, len(self.feature_column) * hidden, dtype=self.dtype)
+            self.fed: list[list[int]] = [[] for _ in range(slots)]  # tokens whose KV and features are cached
 
     CHUNK = 64
+
+    def _columns(self, layer: int) -> Optional[slice]:
+        """The slice of the feature axis holding ``layer``'s output, or None when it is not captured."""
+        j = self.feature_column.get(layer)
+        if j is None or self.features is None:
+            return None
+        hidden = self.features.shape[-1] // len(self.feature_column)
+        return slice(j * hidden, (j + 1) * hidden)
 
     def _fit_capacity(self, width: int) -> None:
         """Size the cache's position axis to ``width`` rounded up to a chunk (grow, or shrink once the long rows
@@ -123,12 +142,19 @@ class SlotGreedyDecoder:
                                                                  is_causal=True, scale=self.scale,
                                                                  enable_gqa=self.kv_heads != self.heads)
             x = self._finish_layer(layer, x, out)
+            cols = self._columns(i)
+            if cols is not None:
+                for slot, start, n in zip(slots, starts, lengths):
+                    self.features[slot, :n, cols] = x[0, start:start + n]
         last = torch.tensor([start + n - 1 for start, n in zip(starts, lengths)])
         tokens = self._next_token(x[0, last])
         index = torch.tensor(slots, dtype=torch.long)
         self.lengths[index] = torch.tensor(lengths, dtype=torch.long)
         self.last[index] = tokens
         self.live[index] = True
+        if self.features is not None:
+            for slot, row in zip(slots, prompts):
+                self.fed[slot] = list(row)
         return tokens.tolist()
 
     def _decode_attention(self, q: torch.Tensor, layer: int, hidden: torch.Tensor) -> torch.Tensor:
@@ -164,26 +190,85 @@ class SlotGreedyDecoder:
             self.keys[i, rows, :, pos] = k[:, :, 0]
             self.values[i, rows, :, pos] = v[:, :, 0]
             x = self._finish_layer(layer, x, self._decode_attention(q, i, hidden))
+            cols = self._columns(i)
+            if cols is not None:
+                self.features[rows, pos, cols] = x[:, 0]
+        if self.features is not None:
+            for slot, token in zip(torch.nonzero(self.live).flatten().tolist(), self.last[self.live].tolist()):
+                self.fed[slot].append(token)
         tokens = self._next_token(x[:, -1])
         self.lengths = torch.where(self.live, self.lengths + 1, self.lengths)
         self.last = torch.where(self.live, tokens, self.last)
         return tokens
 
+    def sequence_features(self, slot: int, ids: list[int]) -> torch.Tensor:
+        """Features ``[len(ids), n·H]`` of the sequence ``ids`` in ``slot`` (a row that has just finished).
+
+        ``ids`` is the training tokenisation of the finished conversation: it shares a prefix with what the
+        slot has fed (the prompt and the response, until a re-tokenisation boundary) and then adds what the
+        row never fed (its last token, the chat template's end of turn). Only that tail is run, with the
+        cached prefix as context."""
+        if self.features is None:
+            raise RuntimeError("SlotGreedyDecoder was built without feature_layers")
+        if len(ids) > self.max_len:
+            raise ValueError(f"sequence of {len(ids)} tokens exceeds the slot length {self.max_len}")
+        fed = self.fed[slot]
+        common = 0
+        for a, b in zip(fed, ids):
+            if a != b:
+                break
+            common += 1
+        if common < len(ids):
+            self._extend(slot, ids[common:], common)
+            self.fed[slot] = list(ids)
+        return self.features[slot, : len(ids)].clone()
+
+    def _extend(self, slot: int, ids: list[int], start: int) -> None:
+        """Run ``ids`` into ``slot`` at positions ``start...`` (attending to its cached positions before
+        ``start``): KV cache and features only; the slot's decoding state is left alone."""
+        end = start + len(ids)
+        live = self.lengths[self.live]
+        self._fit_capacity(max(end, int(live.max()) + 1 if live.numel() else 0))
+        x = self.inner.embed_tokens(torch.tensor([ids], dtype=torch.long))
+        positions = torch.arange(start, end)[None]
+        visible = torch.arange(end)[None] <= positions[0][:, None]  # [len(ids), end]: causal, offset by start
+        for i, layer in enumerate(self.layers):
+            q, k, v = self._project(layer, x, positions)
+            self.keys[i, slot, :, start:end] = k[0]
+            self.values[i, slot, :, start:end] = v[0]
+            out = F.scaled_dot_product_attention(q, self.keys[i, slot:slot + 1, :, :end],
+                                                 self.values[i, slot:slot + 1, :, :end], attn_mask=visible,
+                                                 scale=self.scale, enable_gqa=self.kv_heads != self.heads)
+            x = self._finish_layer(layer, x, out)
+            cols = self._columns(i)
+            if cols is not None:
+                self.features[slot, start:end, cols] = x[0]
+
+
+FeaturesOf = Callable[[list[int]], torch.Tensor]
+
 
 def slot_greedy_stream(model: Any, prompts: Iterable[tuple[Any, list[int]]], max_new_tokens: int,
-                       eos_token_id: Optional[int], batch_size: int,
-                       max_prompt_tokens: int = 768) -> Iterator[tuple[Any, list[int]]]:
+                       eos_token_id: Optional[int], batch_size: int, max_prompt_tokens: int = 768, *,
+                       feature_layers: Sequence[int] = (),
+                       capture: Optional[Callable[[Any, list[int], FeaturesOf], None]] = None,
+                       ) -> Iterator[tuple[Any, list[int]]]:
     """Continuous-batching greedy decoding with :class:`SlotGreedyDecoder`: yields ``(key, new_tokens)`` for
     each ``(key, prompt_ids)`` as soon as it ends (eos included when produced), in completion order.
 
     Free slots are refilled together once an eighth of them are free (one prefill forward for the group: a
     prefill of one short prompt at a time leaves the matmuls too thin to use the cores), so the batch stays
-    near full until the prompts run out. Prompts over ``max_prompt_tokens`` are a caller error."""
+    near full until the prompts run out. Prompts over ``max_prompt_tokens`` are a caller error.
+
+    ``capture(key, new_tokens, features_of)``, with ``feature_layers``, is called for each finished row just
+    before it is yielded; ``features_of(ids)`` returns the features ``[len(ids), n·H]`` of a sequence ``ids``
+    that continues that row's prompt and response (:meth:`SlotGreedyDecoder.sequence_features`)."""
     if max_new_tokens <= 0:
         for key, _ in prompts:
             yield key, []
         return
-    decoder = SlotGreedyDecoder(model, batch_size, max_prompt_tokens + max_new_tokens)
+    # Two spare positions: a captured training sequence adds the template's end of turn after the response.
+    decoder = SlotGreedyDecoder(model, batch_size, max_prompt_tokens + max_new_tokens + 2, feature_layers)
     source = iter(prompts)
     keys: list[Any] = [None] * batch_size
     outs: list[list[int]] = [[] for _ in range(batch_size)]
@@ -192,6 +277,12 @@ def slot_greedy_stream(model: Any, prompts: Iterable[tuple[Any, list[int]]], max
 
     def finished(out: list[int]) -> bool:
         return out[-1] == eos_token_id or len(out) >= max_new_tokens
+
+    def done(slot: int, key: Any, out: list[int]) -> tuple[Any, list[int]]:
+        decoder.live[slot] = False
+        if capture is not None:
+            capture(key, out, functools.partial(decoder.sequence_features, slot))
+        return key, out
 
     while True:
         free = [slot for slot in range(batch_size) if not decoder.live[slot]]
@@ -213,9 +304,8 @@ def slot_greedy_stream(model: Any, prompts: Iterable[tuple[Any, list[int]]], max
             free = free[len(batch):]
             for slot, (key, _), first in zip(used, batch, firsts):
                 if finished([first]):  # ended on its first token: the slot is free again
-                    decoder.live[slot] = False
                     free.append(slot)
-                    yield key, [first]
+                    yield done(slot, key, [first])
                 else:
                     keys[slot], outs[slot] = key, [first]
                     live += 1
@@ -227,5 +317,4 @@ def slot_greedy_stream(model: Any, prompts: Iterable[tuple[Any, list[int]]], max
                 continue
             outs[slot].append(tokens[slot])
             if finished(outs[slot]):
-                decoder.live[slot] = False
-                yield keys[slot], outs[slot]
+                yield done(slot, keys[slot], outs[slot])

@@ -334,21 +334,10 @@ class FeatureCache:
                 where.update((k, entry["shard"]) for k in entry["keys"])
         return where
 
-    @classmethod
-    def open(
-        cls,
-        root: str | Path,
-        examples: Sequence[Example],
-        fingerprint: str,
-        dtype: torch.dtype,
-        extractor: Callable[[], TargetFeatureExtractor],
-        *,
-        shard_size: int = 64,
-        batch_tokens: int = 4096,
-        progress: bool = True,
-        with_teacher: bool = False,
-    ) -> "FeatureCache":
-        root = Path(root)
+    @staticmethod
+    def prepare(root: Path, fingerprint: str, dtype: torch.dtype, *, with_teacher: bool = False) -> dict:
+        """Create ``root`` with its ``meta.json``, or check that an existing cache there was built for the same
+        target, layers and dtypes (and with the teacher columns iff ``with_teacher``); returns the meta."""
         root.mkdir(parents=True, exist_ok=True)
         meta_path = root / "meta.json"
         if meta_path.is_file():
@@ -364,10 +353,28 @@ class FeatureCache:
                     "--distill-weight needs; point --feature-cache at a new directory" if with_teacher else
                     f"--feature-cache {root} stores the target's final hidden state: open it with_teacher=True"
                 )
-        else:
-            meta = {"format": FEATURE_CACHE_FORMAT, "fingerprint": fingerprint,
-                    "dtype": str(dtype).removeprefix("torch."), "teacher_hidden": bool(with_teacher)}
-            meta_path.write_text(json.dumps(meta, indent=2) + "\n")
+            return meta
+        meta = {"format": FEATURE_CACHE_FORMAT, "fingerprint": fingerprint,
+                "dtype": str(dtype).removeprefix("torch."), "teacher_hidden": bool(with_teacher)}
+        meta_path.write_text(json.dumps(meta, indent=2) + "\n")
+        return meta
+
+    @classmethod
+    def open(
+        cls,
+        root: str | Path,
+        examples: Sequence[Example],
+        fingerprint: str,
+        dtype: torch.dtype,
+        extractor: Callable[[], TargetFeatureExtractor],
+        *,
+        shard_size: int = 64,
+        batch_tokens: int = 4096,
+        progress: bool = True,
+        with_teacher: bool = False,
+    ) -> "FeatureCache":
+        root = Path(root)
+        meta = cls.prepare(root, fingerprint, dtype, with_teacher=with_teacher)
         keys = [cls.sequence_key(e.input_ids) for e in examples]
         where = cls._read_index(root)
         first_of: dict[str, int] = {}
@@ -377,22 +384,16 @@ class FeatureCache:
         missing = list(first_of.values())
         if missing:
             ext = extractor()
-            taken = [int(p.stem.split("_")[1]) for p in root.glob("shard_*.pt")]
-            next_shard = max(taken, default=-1) + 1
-            chunks = [missing[i : i + shard_size] for i in range(0, len(missing), shard_size)]
             bar = _progress(total=len(missing), desc="feature cache", unit="seq", enabled=progress)
-            with open(root / "index.jsonl", "a") as index:
-                for chunk in chunks:
-                    feats = ext.batched([examples[i].input_ids for i in chunk], batch_tokens=batch_tokens)
-                    shard = {keys[i]: f.to(dtype).contiguous() for i, f in zip(chunk, feats)}
-                    name = f"shard_{next_shard:05d}.pt"
-                    next_shard += 1
-                    torch.save(shard, root / (name + ".tmp"))
-                    os.replace(root / (name + ".tmp"), root / name)
-                    index.write(json.dumps({"shard": name, "keys": list(shard)}) + "\n")
-                    index.flush()
-                    where.update((k, name) for k in shard)
+            with FeatureShardWriter(root, dtype, shard_size) as writer:
+                for i in range(0, len(missing), shard_size):
+                    chunk = missing[i : i + shard_size]
+                    feats = ext.batched([examples[j].input_ids for j in chunk], batch_tokens=batch_tokens)
+                    for j, f in zip(chunk, feats):
+                        writer.add(keys[j], f)
+                    writer.flush()
                     bar.update(len(chunk))
+            where.update(writer.written)
             bar.close()
         return cls(root, meta, keys, where)
 
@@ -403,6 +404,47 @@ class FeatureCache:
         if name not in self._shards:
             self._shards[name] = torch.load(self.root / name, mmap=True, weights_only=True)
         return self._shards[name][key]
+
+
+class FeatureShardWriter:
+    """Appends features to a :class:`FeatureCache` directory (set up by :meth:`FeatureCache.prepare`): ``add``
+    collects ``key -> [T, n·H]``, ``flush`` writes them as the next ``shard_XXXXX.pt`` and then lists its keys
+    in ``index.jsonl`` (so a crash loses at most the shard being written). ``add`` flushes by itself every
+    ``shard_size`` sequences; leaving the ``with`` block flushes the rest. Also used by self-distillation, which
+    captures the features while the target writes the responses (``distill --feature-cache``)."""
+
+    def __init__(self, root: str | Path, dtype: torch.dtype, shard_size: int = 64) -> None:
+        self.root, self.dtype, self.shard_size = Path(root), dtype, shard_size
+        taken = [int(p.stem.split("_")[1]) for p in self.root.glob("shard_*.pt")]
+        self.next_shard = max(taken, default=-1) + 1
+        self.pending: dict[str, torch.Tensor] = {}
+        self.written: dict[str, str] = {}  # key -> shard file, everything flushed so far
+
+    def add(self, key: str, features: torch.Tensor) -> None:
+        self.pending[key] = features.to(self.dtype).contiguous()
+        if len(self.pending) >= self.shard_size:
+            self.flush()
+
+    def flush(self) -> dict[str, str]:
+        """Write the pending features as one shard; returns ``key -> shard`` for the keys it wrote."""
+        if not self.pending:
+            return {}
+        name = f"shard_{self.next_shard:05d}.pt"
+        self.next_shard += 1
+        torch.save(self.pending, self.root / (name + ".tmp"))
+        os.replace(self.root / (name + ".tmp"), self.root / name)
+        with open(self.root / "index.jsonl", "a") as index:
+            index.write(json.dumps({"shard": name, "keys": list(self.pending)}) + "\n")
+        done = {k: name for k in self.pending}
+        self.written.update(done)
+        self.pending = {}
+        return done
+
+    def __enter__(self) -> "FeatureShardWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.flush()
 
 
 # ------------------------------------------------------------------------------------------- the step
@@ -1194,6 +1236,7 @@ __all__ = [
     "DominoTrainer",
     "Example",
     "FeatureCache",
+    "FeatureShardWriter",
     "FrozenTarget",
     "TargetFeatureExtractor",
     "TrainBatch",

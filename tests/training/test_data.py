@@ -1,6 +1,6 @@
 """Training-data pipeline: assistant-only loss mask, held-out/train disjointness, resumable self-distillation.
 
-The tokenizer and the tiny random Llama that stand in for the real target are in ``conftest.py``."""
+The tokenizer and the tiny random Llama that stand in for the real target are in ``tiny_chat_target.py``."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import torch
 
 from sglang_domino.embedded import HELDOUT_PROMPTS
 from sglang_domino.training import data as D
+from tiny_chat_target import tiny_target, tokenizer  # noqa: F401 (pytest fixtures)
 
 CONV = [
     {"role": "user", "content": "What is the capital of France?"},
@@ -174,6 +175,40 @@ def test_self_distill_resumes(tmp_path, tiny_target):
         assert [m["role"] for m in r["messages"]] == ["user", "assistant"]
         assert r["finish_reason"] in ("stop", "length") and 1 <= r["completion_tokens"] <= 6
         assert r["id"] == D.prompt_id(r["messages"][:-1])
+
+
+def test_self_distill_stores_the_features_train_would_compute(tmp_path, tiny_target):
+    """``distill --feature-cache``: the features read off the decoder's forward passes are those the trainer's
+    extractor computes from the training tokenisation (the template's end of turn included), under the keys
+    the trainer looks up, so ``train`` finds every sequence cached."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sglang_domino.training.trainer import FeatureCache, TargetFeatureExtractor, load_examples
+
+    prompts = tmp_path / "prompts.jsonl"
+    D.write_jsonl(prompts, (D.Prompt(f"Question {i}: what is {i} plus {i}? Explain recursion.", "math", "synthetic",
+                                     f"g{i}").record() for i in range(5)))
+    out, fc = tmp_path / "distill.jsonl", tmp_path / "fc"
+    summary = D.self_distill(tiny_target, prompts, out, max_new_tokens=12, batch_size=2, progress=False,
+                             dtype="float32", feature_cache=fc, feature_layers=[0], feature_max_len=640)
+    assert summary["done"] == 5 and summary["feature_sequences"] == 5
+    # (The random target rarely says eos: responses end at the cap, so each sequence's tail -- the last token,
+    # never fed back, and the template's end of turn -- comes from SlotGreedyDecoder._extend.)
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_target)
+    examples = load_examples(out, lambda: tokenizer, 640)
+    model = AutoModelForCausalLM.from_pretrained(tiny_target, dtype=torch.float32).eval()
+    extractor = TargetFeatureExtractor(model, [0])
+    fingerprint = FeatureCache.fingerprint(tiny_target, [0], "float32", "float32")
+
+    def no_recompute():
+        raise AssertionError("a distilled sequence was missing from the feature cache")
+
+    cache = FeatureCache.open(fc, examples, fingerprint, torch.float32, no_recompute, progress=False)
+    for i, example in enumerate(examples):
+        expected = extractor(example.input_ids[None])[0]
+        assert cache.get(i).shape == expected.shape
+        torch.testing.assert_close(cache.get(i), expected, atol=1e-4, rtol=1e-4)
 
 
 def test_pack_dedups_against_shipped_parts_and_splits_validation(tmp_path):

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from sglang_domino.training import data as D
+from tiny_chat_target import tiny_target, tokenizer  # noqa: F401 (pytest fixtures)
 from sglang_domino.training.slot_decode import SlotGreedyDecoder, slot_greedy_stream
 
 QUESTIONS = ["What is the capital of France?", "Explain recursion", "haiku", "def add(a, b):", "Waves fold into foam",

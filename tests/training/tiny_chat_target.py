@@ -1,6 +1,6 @@
-"""Shared fixtures of the training tests: a byte-level BPE tokenizer trained on a few sentences (with the
-embedded target's ChatML template) and a tiny random Llama, both built offline in seconds, standing in for the
-real target."""
+"""Fixtures shared by the training-data tests (import them by name): a byte-level BPE tokenizer trained on a few
+sentences (with the embedded target's ChatML template) and a tiny random Llama, both built offline in seconds,
+standing in for the real target. (Not a ``conftest.py``: ``tests/conftest.py`` is imported as ``conftest``.)"""
 
 from __future__ import annotations
 
