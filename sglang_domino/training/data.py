@@ -786,7 +786,7 @@ def server_stream(url: str, prompts: Iterable[tuple[Any, list[int]]], max_new_to
 
     Why keep it beside the in-process decoder: its tokens are exactly what the served target says (SpecForge
     regenerates its data the same way). The in-process decoder is faster on this CPU (bf16, both cores: ~3x
-    the two one-core servers this replaced), so it is the default."""
+    the two one-core servers of parts 1-5), so it is the default."""
     import requests
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
@@ -864,6 +864,7 @@ def self_distill(target_dir: Path, prompts_path: Path, out_path: Path, max_new_t
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     eos_id = tokenizer.eos_token_id
+
     def record(j: int, row: list[int]) -> dict[str, Any]:
         """The conversation line for prompt ``todo[j]`` and its new tokens ``row`` (eos included if produced)."""
         it = todo[j]
@@ -878,6 +879,7 @@ def self_distill(target_dir: Path, prompts_path: Path, out_path: Path, max_new_t
                 "completion_tokens": len(row) + (finish == "stop")}
 
     writer = None
+    captured: dict[int, dict[str, Any]] = {}  # records built by ``capture``, reused when the row is written
     if server_url:
         if feature_cache is not None:
             raise ValueError("--feature-cache needs the in-process decoder (not --server): it reads the hidden "
@@ -898,13 +900,12 @@ def self_distill(target_dir: Path, prompts_path: Path, out_path: Path, max_new_t
             def capture(j: int, row: list[int], features_of) -> None:
                 """Store the features of the training tokenisation of this conversation (what ``train`` keys its
                 feature cache by), taken from the decoder's own forward passes."""
-                rec = record(j, row)
+                rec = captured[j] = record(j, row)
                 ids, _ = tokenize_conversation(tokenizer, rec["messages"], feature_max_len)
-                ids = ids.tolist()
-                writer.add(FeatureCache.sequence_key(torch.tensor(ids)), features_of(ids))
+                writer.add(FeatureCache.sequence_key(ids), features_of(ids.tolist()))
 
         decode = functools.partial(slot_greedy_stream, model, batch_size=batch_size,
-                                   max_prompt_tokens=max(max_prompt_tokens, feature_max_len if writer else 0),
+                                   max_prompt_tokens=max_prompt_tokens,
                                    feature_layers=list(feature_layers) if writer else (), capture=capture)
 
     def encoded() -> Iterator[tuple[int, list[int]]]:
@@ -929,7 +930,7 @@ def self_distill(target_dir: Path, prompts_path: Path, out_path: Path, max_new_t
     bar = tqdm(total=len(todo), desc="self-distil", unit="prompt", disable=not progress, dynamic_ncols=True)
     with open(out_path, "a", encoding="utf-8") as out, torch.inference_mode():
         for j, row in decode(encoded(), max_new_tokens, eos_id):
-            rec = record(j, row)
+            rec = captured.pop(j, None) or record(j, row)
             out.write(json.dumps(rec, ensure_ascii=False) + "\n")
             out.flush()  # a whole line per record: a kill leaves at most one torn line, cut on resume
             if time.time() - last_sync > 30:

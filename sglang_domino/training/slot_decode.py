@@ -1,11 +1,11 @@
-"""Fast greedy decoding of a Llama-family target for self-distillation: a fixed set of batch slots over a
-preallocated KV cache, refilled as soon as a row ends.
+"""Fast greedy decoding of a Llama-family target for self-distillation: a fixed set of batch slots over one
+KV cache, refilled as soon as a row ends.
 
 Why not ``transformers``' ``generate`` or a ``DynamicCache`` loop: on this CPU the cost of those loops is the
 cache, not the model -- a ``DynamicCache`` concatenates every layer's keys and values at every step (a full copy
-of the cache per token), and merging a refill batch pads and copies it again. Here each slot owns a fixed
-``[kv_heads, max_len, head_dim]`` region, a decode step writes one position per slot in place, and attention
-reads the slots' prefixes under a length mask. The layers' own modules (norms, projections, rotary embedding,
+of the cache per token), and merging a refill batch pads and copies it again. Here each slot owns a
+``[kv_heads, capacity, head_dim]`` region (capacity resized in chunks, rarely), a decode step writes one position
+per slot in place, and attention reads the slots' prefixes under a length mask. The layers' own modules (norms, projections, rotary embedding,
 MLP) do the arithmetic, so a row's tokens are the model's own greedy tokens (up to floating-point
 reassociation of the batched matmuls; identical in float32 in the tests).
 
@@ -70,10 +70,15 @@ class SlotGreedyDecoder:
     def _columns(self, layer: int) -> Optional[slice]:
         """The slice of the feature axis holding ``layer``'s output, or None when it is not captured."""
         j = self.feature_column.get(layer)
-        if j is None or self.features is None:
+        if j is None:
             return None
         hidden = self.features.shape[-1] // len(self.feature_column)
         return slice(j * hidden, (j + 1) * hidden)
+
+    def _live_width(self) -> int:
+        """Positions the live rows hold, plus the one each writes next (0 with no live row)."""
+        live = self.lengths[self.live]
+        return int(live.max()) + 1 if live.numel() else 0
 
     def _fit_capacity(self, width: int) -> None:
         """Size the cache's position axis to ``width`` rounded up to a chunk (grow, or shrink once the long rows
@@ -123,8 +128,7 @@ class SlotGreedyDecoder:
         lengths = [len(ids) for ids in prompts]
         if max(lengths) + 1 > self.max_len:
             raise ValueError(f"prompt of {max(lengths)} tokens does not fit a slot of {self.max_len} positions")
-        live = self.lengths[self.live]
-        self._fit_capacity(max(max(lengths), int(live.max()) + 1 if live.numel() else 0))
+        self._fit_capacity(max(max(lengths), self._live_width()))
         ids = torch.tensor([t for row in prompts for t in row], dtype=torch.long)[None]
         positions = torch.cat([torch.arange(n) for n in lengths])[None]
         starts = [0]
@@ -176,12 +180,9 @@ class SlotGreedyDecoder:
     def step(self) -> torch.Tensor:
         """Feed every slot's last token; return the next greedy token of each slot [slots] (meaningless for
         slots that are not live: they compute on stale state and are ignored)."""
-        slots = self.lengths.shape[0]
-        rows = torch.arange(slots)
-        pos = self.lengths.clamp(max=self.max_len - 1)
-        live_pos = pos[self.live]
-        self._fit_capacity(int(live_pos.max()) + 1 if live_pos.numel() else 1)
-        pos = pos.clamp(max=self.capacity - 1)  # dead slots may point past a shrunk cache
+        rows = torch.arange(self.slots)
+        self._fit_capacity(max(self._live_width(), 1))
+        pos = self.lengths.clamp(max=self.capacity - 1)  # dead slots may point past a shrunk cache
         # Each slot sees its own prefix and the position being written now.
         hidden = (torch.arange(self.capacity)[None] > pos[:, None])[:, None, None]  # [slots, 1, 1, capacity]
         x = self.inner.embed_tokens(self.last[:, None])
@@ -227,8 +228,7 @@ class SlotGreedyDecoder:
         """Run ``ids`` into ``slot`` at positions ``start...`` (attending to its cached positions before
         ``start``): KV cache and features only; the slot's decoding state is left alone."""
         end = start + len(ids)
-        live = self.lengths[self.live]
-        self._fit_capacity(max(end, int(live.max()) + 1 if live.numel() else 0))
+        self._fit_capacity(max(end, self._live_width()))
         x = self.inner.embed_tokens(torch.tensor([ids], dtype=torch.long))
         positions = torch.arange(start, end)[None]
         visible = torch.arange(end)[None] <= positions[0][:, None]  # [len(ids), end]: causal, offset by start

@@ -425,20 +425,18 @@ class FeatureShardWriter:
         if len(self.pending) >= self.shard_size:
             self.flush()
 
-    def flush(self) -> dict[str, str]:
-        """Write the pending features as one shard; returns ``key -> shard`` for the keys it wrote."""
+    def flush(self) -> None:
+        """Write the pending features as one shard (its keys join ``written``)."""
         if not self.pending:
-            return {}
+            return
         name = f"shard_{self.next_shard:05d}.pt"
         self.next_shard += 1
         torch.save(self.pending, self.root / (name + ".tmp"))
         os.replace(self.root / (name + ".tmp"), self.root / name)
         with open(self.root / "index.jsonl", "a") as index:
             index.write(json.dumps({"shard": name, "keys": list(self.pending)}) + "\n")
-        done = {k: name for k in self.pending}
-        self.written.update(done)
+        self.written.update((k, name) for k in self.pending)
         self.pending = {}
-        return done
 
     def __enter__(self) -> "FeatureShardWriter":
         return self
