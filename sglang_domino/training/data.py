@@ -23,7 +23,9 @@ text, or a long passage with any of them.
 Command line (``python -m sglang_domino.training.data``):
   ``build --out DIR``        write DIR/train.jsonl, DIR/heldout.jsonl, DIR/stats.json
   ``heldout --write PATH``   select the held-out prompts anew (how the shipped file was made)
+  ``pending --prompts P --exclude PARTS --out O``   the prompts no part answers yet (``--kinds`` to pick)
   ``distill --target DIR --prompts P --out O``   self-distil (resumable)
+  ``pack OUTPUTS --out PART --exclude PARTS``   gzip answers into a shippable part
 """
 
 from __future__ import annotations
@@ -899,6 +901,22 @@ def load_conversations(path: Path, *, drop_truncated: bool = False) -> list[dict
             if not (drop_truncated and item.get("finish_reason") == "length")]
 
 
+def answered_ids(parts: Sequence[Path]) -> set[str]:
+    """Prompt ids of every conversation in ``parts`` (distillation outputs or shipped parts)."""
+    return {c.get("id") or prompt_id(c["messages"][:-1]) for p in parts for c in load_conversations(p)}
+
+
+def pending_prompts(prompts_path: Path, out_path: Path, *, exclude: Sequence[Path] = (),
+                    kinds: Optional[Sequence[str]] = None) -> dict[str, int]:
+    """Write the prompts of ``prompts_path`` (a ``build`` ``train.jsonl``) that no part in ``exclude`` answers,
+    in their order, optionally only those of ``kinds``: the input of the next ``distill`` run."""
+    done = answered_ids(exclude)
+    kept = [r for _, r in read_jsonl(prompts_path)
+            if (r.get("id") or prompt_id(r["messages"])) not in done and (not kinds or r.get("kind") in kinds)]
+    write_jsonl(out_path, kept)
+    return {"pending": len(kept), **{f"pending_{k}": n for k, n in sorted(Counter(r.get("kind") for r in kept).items())}}
+
+
 def pack_conversations(inputs: Sequence[Path], out_path: Path, *, exclude: Sequence[Path] = (),
                        val_out: Optional[Path] = None, val_every: int = 0) -> dict[str, int]:
     """Gzip finished distillation outputs into one shippable part (``data/distilled/``).
@@ -906,7 +924,7 @@ def pack_conversations(inputs: Sequence[Path], out_path: Path, *, exclude: Seque
     Conversations are deduplicated by prompt id against each other and against ``exclude`` (parts already
     shipped); torn lines are dropped. With ``val_out``, every ``val_every``-th kept conversation (in input order)
     goes there instead: a held-out validation set for ``sglang-domino train --val-data``."""
-    seen = {c.get("id") or prompt_id(c["messages"][:-1]) for p in exclude for c in load_conversations(p)}
+    seen = answered_ids(exclude)
     train, val = [], []
     for path in inputs:
         for conv in load_conversations(path):
@@ -929,7 +947,7 @@ def pack_conversations(inputs: Sequence[Path], out_path: Path, *, exclude: Seque
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m sglang_domino.training.data {build,heldout,distill,pack}``."""
+    """``python -m sglang_domino.training.data {build,heldout,pending,distill,pack}``."""
     ap = argparse.ArgumentParser(prog="python -m sglang_domino.training.data", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("build", help="write train.jsonl / heldout.jsonl / stats.json")
@@ -957,6 +975,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--feature-layers", default="2,15,27",
                    help="target layers of the features (the drafter's target_layer_ids; default: the embedded drafter's)")
     p.add_argument("--feature-max-len", type=int, default=640, help="the --max-len of the training run")
+    p = sub.add_parser("pending", help="the prompts of a train.jsonl that no shipped part answers yet")
+    p.add_argument("--prompts", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--exclude", type=Path, nargs="*", default=[], help="parts already answered (shipped or not)")
+    p.add_argument("--kinds", default=None, help="comma-separated kinds to keep (default: all)")
     p = sub.add_parser("pack", help="gzip distillation outputs into a shippable part (dedup, optional validation split)")
     p.add_argument("inputs", type=Path, nargs="+")
     p.add_argument("--out", type=Path, required=True)
@@ -966,7 +989,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
 
-    if args.cmd == "pack":
+    if args.cmd == "pending":
+        kinds = [k.strip() for k in args.kinds.split(",") if k.strip()] if args.kinds else None
+        print(json.dumps(pending_prompts(args.prompts, args.out, exclude=args.exclude, kinds=kinds)))
+    elif args.cmd == "pack":
         print(json.dumps(pack_conversations(args.inputs, args.out, exclude=args.exclude, val_out=args.val_out,
                                             val_every=args.val_every)))
     elif args.cmd == "build":

@@ -235,3 +235,23 @@ def test_pack_dedups_against_shipped_parts_and_splits_validation(tmp_path):
     assert train_ids == ["id1", "id2", "id4", "id5", "id7", "id8"]
     assert summary == {"conversations": 6, "response_tokens": sum(10 + i for i in (1, 2, 4, 5, 7, 8)),
                        "validation": 2}
+
+
+def test_pending_prompts_skips_answered_ones_and_filters_kinds(tmp_path):
+    """`data pending`: the next distillation's input is train.jsonl minus every prompt a part answers."""
+    import gzip
+
+    prompts = [D.Prompt(f"question {i}?", "chat" if i % 2 else "writing", "synthetic-2", f"g{i}") for i in range(6)]
+    train = tmp_path / "train.jsonl"
+    D.write_jsonl(train, (p.record() for p in prompts))
+    part = tmp_path / "part1.jsonl.gz"
+    with gzip.open(part, "wt") as fh:  # a shipped part answering prompts 1 and 2 (ids as `distill` writes them)
+        for i in (1, 2):
+            msgs = prompts[i].record()["messages"]
+            fh.write(json.dumps({"messages": msgs + [{"role": "assistant", "content": "a"}],
+                                 "id": D.prompt_id(msgs)}) + "\n")
+    out = tmp_path / "pending.jsonl"
+    assert D.pending_prompts(train, out, exclude=[part]) == {"pending": 4, "pending_chat": 2, "pending_writing": 2}
+    assert [r["group"] for _, r in D.read_jsonl(out)] == ["g0", "g3", "g4", "g5"]
+    assert D.pending_prompts(train, out, exclude=[part], kinds=["chat"])["pending"] == 2
+    assert [r["group"] for _, r in D.read_jsonl(out)] == ["g3", "g5"]
