@@ -156,19 +156,42 @@ def pad_batch(examples: Sequence[Example]) -> tuple[torch.Tensor, torch.Tensor, 
 
 
 class BatchStream:
-    """Shuffled batches over epochs, with a position that checkpoints exactly: (epoch, offset)."""
+    """Shuffled batches over epochs, with a position that checkpoints exactly: (epoch, offset).
 
-    def __init__(self, num_examples: int, batch_size: int, seed: int) -> None:
+    ``groups`` + ``window``: a locality-aware order for a feature cache larger than memory. Each epoch shuffles
+    the groups (the cache's shard files), takes them ``window`` at a time and shuffles the examples of each
+    window, so a stretch of batches reads ``window`` shards instead of touching a new shard per sequence
+    (random order over a 20 GB cache on a 24 GB machine left the trainer waiting on page faults). Every
+    example is still seen once per epoch; batches mix ``window`` random shards."""
+
+    def __init__(self, num_examples: int, batch_size: int, seed: int, *,
+                 groups: Optional[Sequence[str]] = None, window: int = 0) -> None:
         if num_examples <= 0:
             raise TrainingError("no usable training examples")
+        if groups is not None and len(groups) != num_examples:
+            raise TrainingError(f"BatchStream: {len(groups)} groups for {num_examples} examples")
         self.n, self.batch_size, self.seed = num_examples, batch_size, seed
+        self.window = int(window) if groups is not None else 0
+        self._groups = list(groups) if groups is not None else None
         self.epoch, self.offset = 0, 0
         self._perm_epoch, self._perm = -1, None
 
     def _order(self, epoch: int) -> list[int]:
         if self._perm_epoch != epoch:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._perm, self._perm_epoch = torch.randperm(self.n, generator=g).tolist(), epoch
+            if self.window <= 0:
+                perm = torch.randperm(self.n, generator=g).tolist()
+            else:
+                members: dict[str, list[int]] = {}
+                for i, name in enumerate(self._groups):  # type: ignore[arg-type]
+                    members.setdefault(name, []).append(i)
+                names = sorted(members)
+                names = [names[j] for j in torch.randperm(len(names), generator=g).tolist()]
+                perm = []
+                for start in range(0, len(names), self.window):
+                    chunk = [i for name in names[start : start + self.window] for i in members[name]]
+                    perm.extend(chunk[j] for j in torch.randperm(len(chunk), generator=g).tolist())
+            self._perm, self._perm_epoch = perm, epoch
         return self._perm  # type: ignore[return-value]
 
     def next_indices(self) -> list[int]:
@@ -183,14 +206,15 @@ class BatchStream:
         return out
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "offset": self.offset, "n": self.n, "batch_size": self.batch_size, "seed": self.seed}
+        return {"epoch": self.epoch, "offset": self.offset, "n": self.n, "batch_size": self.batch_size, "seed": self.seed,
+                "window": self.window}
 
     def load_state_dict(self, state: dict) -> None:
-        for key in ("n", "batch_size", "seed"):
-            if state[key] != getattr(self, key):
+        for key in ("n", "batch_size", "seed", "window"):
+            if state.get(key, 0) != getattr(self, key):  # checkpoints before --shard-window have no "window"
                 raise TrainingError(
                     f"cannot resume: the checkpoint's data stream has {key}={state[key]}, this run {getattr(self, key)} "
-                    "(same --data, --max-len, --limit, --batch-size and --seed are needed for an exact resume)"
+                    "(same --data, --max-len, --limit, --batch-size, --seed and --shard-window are needed for an exact resume)"
                 )
         self.epoch, self.offset = int(state["epoch"]), int(state["offset"])
 
@@ -396,6 +420,10 @@ class FeatureCache:
             where.update(writer.written)
             bar.close()
         return cls(root, meta, keys, where)
+
+    def shard_names(self, count: int) -> list[str]:
+        """The shard file of each of the first ``count`` examples (for :class:`BatchStream`'s locality order)."""
+        return [self._where[self._keys[i]] for i in range(count)]
 
     def get(self, index: int) -> torch.Tensor:
         """Features of example ``index``: ``[T, n·H]`` in the cache dtype."""
@@ -980,7 +1008,15 @@ def train(args: argparse.Namespace) -> dict:
         freeze_backbone=args.freeze_backbone, seed=args.seed, loss_vocab=loss_vocab,
         attention=resolve_attention(args.attention, device), distill_weight=args.distill_weight,
     )
-    stream = BatchStream(len(examples), args.batch_size, args.seed)
+    groups = cache.shard_names(len(examples)) if cache is not None and args.shard_window > 0 else None
+    if cache is not None and groups is None:
+        cache_bytes = sum((Path(args.feature_cache) / name).stat().st_size for name in set(cache.shard_names(len(examples))))
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        if cache_bytes > 0.6 * ram:
+            logger.warning("the training features take %.1f GB of this machine's %.1f GB of memory: random order will "
+                           "wait on the disk; --shard-window 16 reads them a few shards at a time",
+                           cache_bytes / 1e9, ram / 1e9)
+    stream = BatchStream(len(examples), args.batch_size, args.seed, groups=groups, window=args.shard_window)
     n_params = sum(p.numel() for p in drafter.parameters())
     n_train = sum(p.numel() for p in trainer.params)
     logger.info("drafter: %.2f M params (%.2f M trainable), head=%s, shift_label=%s, B=%d, layers=%s, steps=%d",
@@ -1137,6 +1173,9 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
                     help="fill --feature-cache and exit (e.g. while more data is still being distilled)")
     io.add_argument("--feature-dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     io.add_argument("--feature-batch-tokens", type=int, default=4096, help="tokens per target forward when caching")
+    io.add_argument("--shard-window", type=int, default=0, metavar="K",
+                    help="with --feature-cache: order each epoch K random cache shards at a time (0 = fully random); "
+                         "for a cache larger than memory, where random order waits on the disk (e.g. 16)")
     io.add_argument("--target-dtype", default="float32", choices=["float32", "bfloat16"],
                     help="dtype of the target forward that produces the features (bf16 only pays on CPUs with "
                          "bf16 units or on GPU; without AVX512-BF16/AMX it is ~40x slower than fp32)")

@@ -17,6 +17,7 @@ from sglang_domino.offline import target_features
 from sglang_domino.rollout import greedy_rollout
 from sglang_domino.training.loss import teacher_forced_logits
 from sglang_domino.training.trainer import (
+    BatchStream,
     DominoTrainer,
     FeatureCache,
     FrozenTarget,
@@ -126,6 +127,49 @@ def test_resume_reproduces_the_uninterrupted_run(ws):
     wa = load_file(str(ws / "full" / "drafter" / "model.safetensors"))
     wb = load_file(str(ws / "resumed" / "drafter" / "model.safetensors"))
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_shard_window_order_reads_a_few_shards_at_a_time_and_resumes():
+    """--shard-window: every example once per epoch, each stretch of the order drawn from `window` shards, the
+    same order after a resume, and a checkpoint of another window refused."""
+    groups = [f"shard_{i % 7}" for i in range(50)]  # 7 shards of 7-8 examples, interleaved in example order
+    stream = BatchStream(50, 4, seed=3, groups=groups, window=2)
+    for epoch in (0, 1):
+        order = stream._order(epoch)
+        assert sorted(order) == list(range(50))
+        pos, spans = 0, []
+        while pos < 50:  # consecutive windows: the examples of 2 shards, then the next 2, ...
+            names = []
+            while pos < 50 and (groups[order[pos]] in names or len(names) < 2):
+                if groups[order[pos]] not in names:
+                    names.append(groups[order[pos]])
+                pos += 1
+            spans.append(names)
+        assert all(len(n) <= 2 for n in spans) and len(spans) == 4  # ceil(7 / 2) windows
+    assert stream._order(0) != stream._order(1)
+    plain = BatchStream(50, 4, seed=3)
+    assert plain._order(0) != stream._order(0) and plain.window == 0
+    first = [stream.next_indices() for _ in range(20)]  # crosses into epoch 1
+    again = BatchStream(50, 4, seed=3, groups=groups, window=2)
+    assert [again.next_indices() for _ in range(20)] == first  # deterministic from the seed
+    half = BatchStream(50, 4, seed=3, groups=groups, window=2)
+    [half.next_indices() for _ in range(9)]
+    resumed = BatchStream(50, 4, seed=3, groups=groups, window=2)
+    resumed.load_state_dict(half.state_dict())
+    assert [resumed.next_indices() for _ in range(11)] == first[9:]
+    with pytest.raises(TrainingError, match="shard-window"):
+        BatchStream(50, 4, seed=3, groups=groups, window=3).load_state_dict(half.state_dict())
+    with pytest.raises(TrainingError, match="window"):
+        BatchStream(50, 4, seed=3).load_state_dict(half.state_dict())
+
+
+def test_train_with_shard_window_checkpoints_its_window(ws, trained):
+    train(_args(ws, "windowed", "--max-steps", "2", "--save-every", "2", "--feature-cache", str(ws / "fcache"),
+                "--shard-window", "1"))
+    state = torch.load(ws / "windowed" / "ckpt" / "step_00000002.pt", weights_only=False)
+    assert state["stream"]["window"] == 1
+    with pytest.raises(TrainingError, match="shard-window"):
+        train(_args(ws, "windowed", "--max-steps", "2", "--feature-cache", str(ws / "fcache"), "--resume"))
 
 
 def test_validation_is_logged_and_leaves_training_unchanged(ws):
