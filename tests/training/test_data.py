@@ -255,3 +255,16 @@ def test_pending_prompts_skips_answered_ones_and_filters_kinds(tmp_path):
     assert [r["group"] for _, r in D.read_jsonl(out)] == ["g0", "g3", "g4", "g5"]
     assert D.pending_prompts(train, out, exclude=[part], kinds=["chat"])["pending"] == 2
     assert [r["group"] for _, r in D.read_jsonl(out)] == ["g3", "g5"]
+
+
+def test_shipped_distilled_parts_never_contain_a_heldout_prompt():
+    """Every shipped self-distilled conversation (training and validation parts) was asked a prompt that is not one
+    of the held-out evaluation prompts, and no prompt is shipped twice."""
+    parts = sorted((Path(__file__).resolve().parents[2] / "data" / "distilled").glob("*.jsonl.gz"))
+    assert len(parts) >= 2
+    held = {D.normalise(p.text) for p in D.read_heldout(HELDOUT_PROMPTS)}
+    ids = [c.get("id") or D.prompt_id(c["messages"][:-1]) for part in parts for c in D.load_conversations(part)]
+    assert len(ids) == len(set(ids))
+    for part in parts:
+        for conv in D.load_conversations(part):
+            assert D.normalise(conv["messages"][0]["content"]) not in held, (part.name, conv["messages"][0]["content"])
