@@ -213,7 +213,7 @@ class BatchStream:
         for key in ("n", "batch_size", "seed", "window"):
             if state.get(key, 0) != getattr(self, key):  # checkpoints before --shard-window have no "window"
                 raise TrainingError(
-                    f"cannot resume: the checkpoint's data stream has {key}={state[key]}, this run {getattr(self, key)} "
+                    f"cannot resume: the checkpoint's data stream has {key}={state.get(key, 0)}, this run {getattr(self, key)} "
                     "(same --data, --max-len, --limit, --batch-size, --seed and --shard-window are needed for an exact resume)"
                 )
         self.epoch, self.offset = int(state["epoch"]), int(state["offset"])
@@ -901,6 +901,8 @@ def train(args: argparse.Namespace) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.cache_only and not args.feature_cache:
         raise TrainingError("--cache-only needs --feature-cache DIR")
+    if args.shard_window < 0 or (args.shard_window and not args.feature_cache):
+        raise TrainingError(f"--shard-window {args.shard_window}: needs --feature-cache DIR and K >= 0")
     if args.validate_only and (not (args.val_data and args.init_from) or args.resume):
         raise TrainingError("--validate-only needs --val-data FILE and --init-from DRAFTER (the drafter to measure), "
                             "and trains nothing (no --resume)")

@@ -170,6 +170,8 @@ def test_train_with_shard_window_checkpoints_its_window(ws, trained):
     assert state["stream"]["window"] == 1
     with pytest.raises(TrainingError, match="shard-window"):
         train(_args(ws, "windowed", "--max-steps", "2", "--feature-cache", str(ws / "fcache"), "--resume"))
+    with pytest.raises(TrainingError, match="needs --feature-cache"):
+        train(_args(ws, "unwindowed", "--max-steps", "2", "--shard-window", "4"))
 
 
 def test_validation_is_logged_and_leaves_training_unchanged(ws):
