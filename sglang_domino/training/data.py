@@ -643,6 +643,17 @@ def prompt_id(messages: Sequence[dict[str, str]]) -> str:
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 
+def prompt_key(item: dict[str, Any]) -> str:
+    """The id of a prompt line: its own ``id``, else :func:`prompt_id` of its messages."""
+    return item.get("id") or prompt_id(item["messages"])
+
+
+def answered_key(conv: dict[str, Any]) -> str:
+    """The id of the prompt a conversation answers: its ``id``, else :func:`prompt_id` of the turns before the
+    answer (equal to :func:`prompt_key` of the prompt line it came from)."""
+    return conv.get("id") or prompt_id(conv["messages"][:-1])
+
+
 def _done_ids(out_path: Path) -> set[str]:
     """Prompt ids already answered in ``out_path``; a torn last line (killed mid-write) is cut off."""
     done: set[str] = set()
@@ -659,7 +670,7 @@ def _done_ids(out_path: Path) -> set[str]:
             item = json.loads(line)
         except json.JSONDecodeError:
             continue
-        done.add(item.get("id") or prompt_id(item["messages"][:-1]))
+        done.add(answered_key(item))
     return done
 
 
@@ -780,7 +791,7 @@ def self_distill(target_dir: Path, prompts_path: Path, out_path: Path, max_new_t
     if limit is not None:
         items = items[:limit]
     done = _done_ids(out_path)
-    todo = [it for it in items if (it.get("id") or prompt_id(it["messages"])) not in done]
+    todo = [it for it in items if prompt_key(it) not in done]
     summary = {"prompts_total": len(items), "already_done": len(items) - len(todo), "done": 0, "tokens": 0,
                "seconds": 0.0, "tokens_per_s": 0.0, "skipped_long": 0}
     if not todo:
@@ -801,7 +812,7 @@ def self_distill(target_dir: Path, prompts_path: Path, out_path: Path, max_new_t
             finish = "stop"
         content = tokenizer.decode(row, skip_special_tokens=True).strip()
         return {"messages": list(it["messages"]) + [{"role": "assistant", "content": content}],
-                "id": it.get("id") or prompt_id(it["messages"]), "kind": it.get("kind"),
+                "id": prompt_key(it), "kind": it.get("kind"),
                 "source": it.get("source"), "finish_reason": finish,
                 "completion_tokens": len(row) + (finish == "stop")}
 
@@ -903,7 +914,7 @@ def load_conversations(path: Path, *, drop_truncated: bool = False) -> list[dict
 
 def answered_ids(parts: Sequence[Path]) -> set[str]:
     """Prompt ids of every conversation in ``parts`` (distillation outputs or shipped parts)."""
-    return {c.get("id") or prompt_id(c["messages"][:-1]) for p in parts for c in load_conversations(p)}
+    return {answered_key(c) for p in parts for c in load_conversations(p)}
 
 
 def pending_prompts(prompts_path: Path, out_path: Path, *, exclude: Sequence[Path] = (),
@@ -912,7 +923,7 @@ def pending_prompts(prompts_path: Path, out_path: Path, *, exclude: Sequence[Pat
     in their order, optionally only those of ``kinds``: the input of the next ``distill`` run."""
     done = answered_ids(exclude)
     kept = [r for _, r in read_jsonl(prompts_path)
-            if (r.get("id") or prompt_id(r["messages"])) not in done and (not kinds or r.get("kind") in kinds)]
+            if prompt_key(r) not in done and (not kinds or r.get("kind") in kinds)]
     write_jsonl(out_path, kept)
     return {"pending": len(kept), **{f"pending_{k}": n for k, n in sorted(Counter(r.get("kind") for r in kept).items())}}
 
@@ -928,7 +939,7 @@ def pack_conversations(inputs: Sequence[Path], out_path: Path, *, exclude: Seque
     train, val = [], []
     for path in inputs:
         for conv in load_conversations(path):
-            key = conv.get("id") or prompt_id(conv["messages"][:-1])
+            key = answered_key(conv)
             if key in seen:
                 continue
             seen.add(key)

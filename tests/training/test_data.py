@@ -263,7 +263,7 @@ def test_shipped_distilled_parts_never_contain_a_heldout_prompt():
     parts = sorted((Path(__file__).resolve().parents[2] / "data" / "distilled").glob("*.jsonl.gz"))
     assert len(parts) >= 2
     held = {D.normalise(p.text) for p in D.read_heldout(HELDOUT_PROMPTS)}
-    ids = [c.get("id") or D.prompt_id(c["messages"][:-1]) for part in parts for c in D.load_conversations(part)]
+    ids = [D.answered_key(c) for part in parts for c in D.load_conversations(part)]
     assert len(ids) == len(set(ids))
     for part in parts:
         for conv in D.load_conversations(part):
