@@ -1218,7 +1218,8 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     o.add_argument("--grad-clip", type=float, default=1.0, help="max grad norm (0 = off)")
     o.add_argument("--loss-decay-gamma", type=float, default=None,
                    help="per-slot weight exp(-(k-offset)/gamma) (default: 7 for B=16, 5 for 10, 4 for 8, "
-                        "interpolated otherwise; <= 0: uniform weights)")
+                        "interpolated otherwise; <= 0: uniform weights). The defaults suit drafters that accept "
+                        "~5+ tokens; one that accepts ~2 gained with 2 (the embedded drafter v7)")
     o.add_argument("--lambda0", type=float, default=None,
                    help="initial base-loss weight (default 1; 0 with --freeze-backbone, where the base term is constant)")
     o.add_argument("--lambda-decay-ratio", type=float, default=0.5, help="λ reaches 0 at this fraction of training")
