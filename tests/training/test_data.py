@@ -263,8 +263,8 @@ def test_shipped_distilled_parts_never_contain_a_heldout_prompt():
     parts = sorted((Path(__file__).resolve().parents[2] / "data" / "distilled").glob("*.jsonl.gz"))
     assert len(parts) >= 2
     held = {D.normalise(p.text) for p in D.read_heldout(HELDOUT_PROMPTS)}
-    ids = [D.answered_key(c) for part in parts for c in D.load_conversations(part)]
+    convs = [(part.name, c) for part in parts for c in D.load_conversations(part)]
+    ids = [D.answered_key(c) for _, c in convs]
     assert len(ids) == len(set(ids))
-    for part in parts:
-        for conv in D.load_conversations(part):
-            assert D.normalise(conv["messages"][0]["content"]) not in held, (part.name, conv["messages"][0]["content"])
+    for name, conv in convs:
+        assert D.normalise(conv["messages"][0]["content"]) not in held, (name, conv["messages"][0]["content"])
