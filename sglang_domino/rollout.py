@@ -18,7 +18,7 @@ import torch
 from sglang_domino import kernels
 from sglang_domino.hardware import cpu_has_bf16_units
 from sglang_domino.kernels import DominoHeadWeights, cpu_linear
-from sglang_domino.sampling import SamplingParams, filtered_probs, sample_from
+from sglang_domino.sampling import SamplingParams, SeededRows, filtered_probs, sample_from, seeded_choice
 
 
 @dataclass
@@ -106,15 +106,22 @@ def proposal_hidden(draft_hidden: torch.Tensor, shift_label: bool) -> torch.Tens
 
 
 def make_sampling_selector(params: SamplingParams, generator: Optional[torch.Generator] = None,
-                           temperature_scale: float = 1.0):
+                           temperature_scale: float = 1.0, seeded: Optional[SeededRows] = None):
     """Slot selector drawing from the filtered draft distribution at ``temperature_scale`` × the request's
     temperature; returns (tokens, probs) -- the probabilities the tokens were drawn from, which verification
-    needs."""
+    needs. Seeded rows take ``argmax(log q + G(seed, position))`` instead: the same Gumbel noise the target's
+    seeded choice at that position uses (:func:`sglang_domino.verify.verify_seeded`), so a draft is accepted
+    exactly when it is the token the seed gives the target, which happens most often when q is close to p."""
     draft_params = params.with_temperature_scale(temperature_scale)
 
     def select(logits: torch.Tensor, slot: int) -> tuple[torch.Tensor, torch.Tensor]:
         probs = filtered_probs(logits, draft_params)
-        return sample_from(probs, generator), probs
+        tokens = sample_from(probs, generator)
+        if seeded is not None:
+            rows = seeded.rows.to(probs.device)
+            positions = (seeded.first_position + slot)[:, None]
+            tokens[rows] = seeded_choice(probs[rows][:, None], seeded.seeds, positions)[:, 0].to(tokens.dtype)
+        return tokens, probs
 
     return select
 
@@ -132,6 +139,7 @@ def draft_from_hidden(
     sampling: Optional[SamplingParams] = None,
     generator: Optional[torch.Generator] = None,
     draft_temperature_scale: Optional[float] = None,
+    seeded: Optional[SeededRows] = None,
 ) -> DraftBlock:
     """Draft B−1 tokens from the backbone output.
 
@@ -145,6 +153,7 @@ def draft_from_hidden(
         sampling: None = greedy; otherwise each slot is drawn from the filtered softmax of its corrected logits
             at the request's temperature × ``draft_temperature_scale`` (:func:`resolve_draft_temperature_scale`; None =
             ``$SGLANG_DOMINO_DRAFT_TEMPERATURE_SCALE`` or the default), returned as ``probs`` for verification.
+        seeded: rows whose drafts a seed fixes (sampling only; see :func:`make_sampling_selector`).
     """
     z = proposal_hidden(draft_hidden, shift_label)
     if bonus_tokens.shape != draft_hidden.shape[:1]:
@@ -159,7 +168,8 @@ def draft_from_hidden(
     if sampling is None:
         tokens, _ = kernels.correction_loop(base_logits, z, bonus_tokens, embed_weight, head, pure_draft_prefix_len)
         return DraftBlock(tokens)
-    select = make_sampling_selector(sampling, generator, resolve_draft_temperature_scale(draft_temperature_scale))
+    select = make_sampling_selector(sampling, generator, resolve_draft_temperature_scale(draft_temperature_scale),
+                                    seeded)
     tokens, probs = kernels.correction_loop(
         base_logits, z, bonus_tokens, embed_weight, head, pure_draft_prefix_len, select=select
     )
@@ -178,12 +188,13 @@ def greedy_rollout(drafter, draft_hidden: torch.Tensor, bonus_tokens: torch.Tens
 def sampling_rollout(drafter, draft_hidden: torch.Tensor, bonus_tokens: torch.Tensor, embed_weight: torch.Tensor,
                      lm_head_weight: torch.Tensor, sampling: SamplingParams,
                      generator: Optional[torch.Generator] = None,
-                     draft_temperature_scale: Optional[float] = None) -> tuple[torch.Tensor, torch.Tensor]:
+                     draft_temperature_scale: Optional[float] = None,
+                     seeded: Optional[SeededRows] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Sampled Domino drafts -> (tokens [N, B−1], draft probabilities [N, B−1, V])."""
     block = draft_from_hidden(
         draft_hidden, bonus_tokens, embed_weight, lm_head_weight, drafter.head_weights(),
         shift_label=drafter.config.shift_label, pure_draft_prefix_len=drafter.config.pure_draft_prefix_len,
-        sampling=sampling, generator=generator, draft_temperature_scale=draft_temperature_scale,
+        sampling=sampling, generator=generator, draft_temperature_scale=draft_temperature_scale, seeded=seeded,
     )
     assert block.probs is not None
     return block.tokens, block.probs

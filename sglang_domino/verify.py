@@ -10,6 +10,11 @@ logits where row j predicts the token that d_j claims to be and row P the token 
   p is the target's filtered distribution (temperature, top-k, top-p, min-p), q the draft's.
   The emitted sequence is then distributed exactly as the target's own sampling.
 
+* seeded (requests with ``sampling_seed``): the target's token at each row is fixed by the seed and the
+  position, ``x_j = argmax(log p_j + G(seed, t_j))`` (:func:`sglang_domino.sampling.seeded_choice`), so
+  the greedy rule applies to x: accept while d_j == x_j, the bonus is x at the first mismatch. The output is the
+  target's own seeded sample whatever was drafted (drafts only change how many tokens one step emits).
+
 Each verify step emits accept_len + 1 tokens: the accepted drafts and the bonus.
 """
 
@@ -20,7 +25,7 @@ from typing import Optional
 
 import torch
 
-from sglang_domino.sampling import SamplingParams, filtered_probs, sample_from
+from sglang_domino.sampling import SamplingParams, filtered_probs, sample_from, seeded_choice
 
 
 @dataclass
@@ -63,6 +68,24 @@ def verify_greedy(draft_tokens: torch.Tensor, target_logits: torch.Tensor) -> Ve
     return VerifyResult(accept_len, bonus)
 
 
+def block_positions(first_position: torch.Tensor, num_rows: int) -> torch.Tensor:
+    """[N] absolute position of the token row 0 decides -> [N, num_rows] positions of every row."""
+    return first_position.to(torch.int64)[:, None] + torch.arange(num_rows, device=first_position.device)
+
+
+def verify_seeded(draft_tokens: torch.Tensor, target_logits: torch.Tensor, params: SamplingParams,
+                  seeds: torch.Tensor, first_position: torch.Tensor) -> VerifyResult:
+    """Seeded rows: draft_tokens [N, P]; target_logits [N, P+1, V]; seeds [N]; first_position [N] the absolute
+    position of the token row 0 decides (the one after the bonus the block was drafted behind)."""
+    _check_shapes(draft_tokens, target_logits)
+    n, p_len = draft_tokens.shape
+    vocab = target_logits.shape[-1]
+    target_probs = filtered_probs(target_logits.reshape(n * (p_len + 1), vocab), params.repeat_interleave(p_len + 1))
+    chosen = seeded_choice(target_probs.view(n, p_len + 1, vocab), seeds, block_positions(first_position, p_len + 1))
+    accept_len = accepted_prefix_len(draft_tokens == chosen[:, :-1])
+    return VerifyResult(accept_len, chosen.gather(1, accept_len[:, None]).squeeze(1))
+
+
 def verify_sampling(
     draft_tokens: torch.Tensor,
     draft_probs: torch.Tensor,
@@ -94,7 +117,9 @@ def verify_sampling(
 
     rows = torch.arange(n, device=target_logits.device)
     p_at = target_probs[rows, accept_len]  # [N, V] target distribution at the stopping row
-    q_padded = torch.cat((q, torch.zeros_like(q[:, :1])), dim=1)  # row P: nothing to subtract
+    # Row P (everything accepted, or P == 0 on a plain-width step): nothing to subtract. new_zeros, not
+    # zeros_like(q[:, :1]): with P == 0 that slice has no row at all.
+    q_padded = torch.cat((q, q.new_zeros((n, 1, vocab))), dim=1)
     residual = (p_at - q_padded[rows, accept_len]).clamp_min(0.0)
     mass = residual.sum(dim=-1, keepdim=True)
     # p == q exactly leaves no residual mass; the rejection then had probability 0, so p itself is correct.

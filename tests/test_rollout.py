@@ -188,3 +188,25 @@ def test_bf16_drafting_head_gives_float32_logits_to_the_correction() -> None:
                             shift_label=drafter.config.shift_label,
                             pure_draft_prefix_len=drafter.config.pure_draft_prefix_len)
     assert torch.equal(got.tokens, expected)
+
+
+def test_seeded_rows_draft_with_the_seeds_noise_and_leave_the_others_alone() -> None:
+    """A seeded row's drafts are argmax(log q + G(seed, position)) slot by slot -- the same whatever the generator
+    and the other rows -- and the rows without a seed draw from q as before."""
+    from sglang_domino.sampling import SeededRows, seeded_choice
+
+    drafter = random_drafter(seed=4, scale=3.0)
+    embedding, lm_head, draft_hidden, bonus = _inputs(batch=3, block=8)
+    params = SamplingParams.uniform(3, temperature=1.0, top_p=0.95)
+    seeded = SeededRows(torch.tensor([1]), torch.tensor([1234]), torch.tensor([40]))
+
+    def run(generator_seed: int):
+        return sampling_rollout(drafter, draft_hidden, bonus, embedding.weight, lm_head, params,
+                                generator=torch.Generator().manual_seed(generator_seed), draft_temperature_scale=1.0,
+                                seeded=seeded)
+
+    (tokens_a, probs_a), (tokens_b, _) = run(0), run(1)
+    assert torch.equal(tokens_a[1], tokens_b[1])  # fixed by the seed
+    assert not torch.equal(tokens_a[[0, 2]], tokens_b[[0, 2]])  # the others still draw
+    expected = seeded_choice(probs_a[1:2], torch.tensor([1234]), (40 + torch.arange(probs_a.shape[1]))[None])
+    assert torch.equal(tokens_a[1], expected[0])

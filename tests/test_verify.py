@@ -41,6 +41,23 @@ def test_sampling_verify_at_temperature_zero_equals_greedy() -> None:
     assert torch.equal(sampled.bonus, greedy.bonus)
 
 
+def test_sampling_verify_with_no_drafts_samples_the_target() -> None:
+    """A plain-width step (no drafts, P = 0) on a sampled row: accept nothing, draw the bonus from p itself.
+
+    This is what the adaptive width rule's plain steps send; it used to index a zero-row tensor and kill the
+    scheduler on the first sampled request (issue 25)."""
+    g = torch.Generator().manual_seed(3)
+    logits = torch.tensor([[[2.0, 1.0, 0.0, -1.0, -9.0]]]).expand(4000, 1, 5).contiguous()
+    params = SamplingParams.uniform(4000, temperature=1.0, top_k=3)
+    result = verify_sampling(torch.empty(4000, 0, dtype=torch.long), torch.empty(4000, 0, 5), logits, params, g)
+    assert result.accept_len.tolist() == [0] * 4000
+    expected = filtered_probs(logits[:1, 0], SamplingParams.uniform(1, temperature=1.0, top_k=3))[0]
+    counts = torch.bincount(result.bonus, minlength=5).double()
+    assert counts[expected == 0].sum() == 0
+    keep = expected > 0
+    assert chisquare(counts[keep].numpy(), (expected[keep].double() * 4000).numpy()).pvalue > 1e-3
+
+
 # --------------------------------------------------------------------------------- sampling (stats)
 #
 # A toy "language model" with a bigram target p(x_t | x_{t-1}) and a *different* bigram draft q.
@@ -160,3 +177,80 @@ def test_filtered_probs_matches_sglang_sampler_semantics() -> None:
     assert torch.allclose(probs, torch.tensor([[0.4 / 0.7, 0.3 / 0.7, 0.0, 0.0]]))
     greedy = filtered_probs(torch.tensor([[1.0, 3.0, 3.0]]), SamplingParams.uniform(1, temperature=0.0))
     assert greedy.tolist() == [[0.0, 1.0, 0.0]]  # ties go to the lowest id
+
+
+# ------------------------------------------------------------------------------------------------- seeded
+#
+# Seeded rows (``sampling_seed``) take the token argmax(log p + G(seed, position)) at every position. Three
+# properties: the emitted chain is the target's own seeded sequence whatever was drafted (so it cannot depend
+# on the draft width, the drafter or the batch); across seeds each token follows p exactly (Gumbel-max);
+# drafts chosen with the same noise from q = p are always accepted.
+
+from sglang_domino.sampling import SeededRows, gumbel_noise, seeded_choice  # noqa: E402
+from sglang_domino.verify import verify_seeded  # noqa: E402
+
+
+def _seeded_decode(target_table, params, seed: int, steps: int, drafter) -> list[int]:
+    """Decode ``steps`` tokens after token 0 with speculative steps whose drafts come from ``drafter``."""
+    out, pos = [0], 0  # the bonus (token 0) sits at position 0
+    while len(out) < steps + 1:
+        drafts = drafter(out[-1], pos)  # [P]
+        chain = torch.tensor([out[-1], *drafts])
+        result = verify_seeded(torch.tensor([drafts]), target_table[chain][None], params,
+                               torch.tensor([seed]), torch.tensor([pos + 1]))
+        emitted = result.emitted(torch.tensor([drafts]))[0]
+        out += emitted
+        pos += len(emitted)
+    return out[1 : steps + 1]
+
+
+def test_seeded_output_does_not_depend_on_the_drafts() -> None:
+    target_table, draft_table = _bigrams(5)
+    params = SamplingParams.uniform(1, temperature=1.0, top_p=0.9)
+    rng = torch.Generator().manual_seed(0)
+    reference = _seeded_decode(target_table, params, 77, 40, lambda bonus, pos: [])  # plain-width steps
+    random_drafts = lambda bonus, pos: torch.randint(0, VOCAB, (3,), generator=rng).tolist()  # noqa: E731
+
+    def coupled(bonus: int, pos: int) -> list[int]:  # draft from q with the same noise: the rollout's rule
+        drafts = []
+        for j in range(3):
+            q = filtered_probs(draft_table[[bonus]], params)
+            bonus = int(seeded_choice(q[:, None], torch.tensor([77]), torch.tensor([[pos + 1 + j]]))[0, 0])
+            drafts.append(bonus)
+        return drafts
+
+    assert _seeded_decode(target_table, params, 77, 40, random_drafts) == reference
+    assert _seeded_decode(target_table, params, 77, 40, coupled) == reference
+    assert _seeded_decode(target_table, params, 78, 40, coupled) != reference  # the seed matters
+
+
+def test_seeded_tokens_follow_the_target_distribution_across_seeds() -> None:
+    """4 000 seeds, one verify step of 3 random drafts: the first emitted token ~ p(x | bonus), exactly."""
+    target_table, _ = _bigrams(6)
+    n = 4000
+    params = SamplingParams.uniform(n, temperature=0.8, top_k=4)
+    drafts = torch.randint(0, VOCAB, (n, 3), generator=torch.Generator().manual_seed(1))
+    logits = target_table[torch.cat((torch.zeros(n, 1, dtype=torch.long), drafts), 1)]
+    result = verify_seeded(drafts, logits, params, torch.arange(n) * 7919 - 2**40, torch.full((n,), 11))
+    first = torch.where(result.accept_len > 0, drafts[:, 0], result.bonus)
+    expected = filtered_probs(target_table[:1], SamplingParams.uniform(1, temperature=0.8, top_k=4))[0].double()
+    assert _goodness_of_fit(torch.bincount(first, minlength=VOCAB).double(), expected * n) > 1e-3
+
+
+def test_gumbel_noise_is_a_pure_function_of_seed_position_and_token() -> None:
+    seeds, positions = torch.tensor([3, -(2**63), 2**63 - 1]), torch.tensor([[0, 5], [9, 2**31 + 7], [4, 4]])
+    noise = gumbel_noise(seeds, positions, 50)
+    assert torch.equal(noise, gumbel_noise(seeds, positions, 50))
+    assert torch.equal(noise[1:2], gumbel_noise(seeds[1:2], positions[1:2], 50))  # independent of the batch
+    assert torch.equal(noise[2, 0], noise[2, 1])  # row 2 asks for position 4 twice: the same noise
+    assert not torch.equal(noise[0, 0], noise[0, 1])
+    # Standard Gumbel: mean γ ≈ 0.5772, variance π²/6 ≈ 1.645, over 200 x 1000 draws.
+    many = gumbel_noise(torch.arange(200), torch.arange(200)[:, None], 1000)
+    assert float(many.mean()) == pytest.approx(0.5772, abs=0.01)
+    assert float(many.var()) == pytest.approx(1.645, abs=0.03)
+
+
+def test_seeded_rows_of_a_batch() -> None:
+    assert SeededRows.of_batch([None, None], torch.tensor([4, 9])) is None
+    rows = SeededRows.of_batch([None, 5, -3], torch.tensor([4, 9, 12]))
+    assert rows.rows.tolist() == [1, 2] and rows.seeds.tolist() == [5, -3] and rows.first_position.tolist() == [9, 12]

@@ -35,6 +35,15 @@ batches that would otherwise crash, and calls the original otherwise. Every targ
    verify and the draft block of every speculative step) compute only the new tokens' rows
    (:func:`sdpa_new_tokens_only`, the same attention). Prefills without a prefix keep upstream's kernel.
 
+11. ``Sampler.forward``: a request's first token is sampled at prefill by SGLang's own sampler, which honours
+    ``sampling_seed`` only under deterministic inference (refused by the CPU backend, and it asserts on min-p).
+    For a Domino prefill batch holding seeded requests the worker lists their seeds on the batch's forward-only
+    ``sampling_info`` (``domino_seeds``); this hook lets SGLang sample as usual, then replaces the seeded rows'
+    tokens with the seeded rule every later token follows (``argmax(log p + G(seed, position))``,
+    :func:`sglang_domino.sampling.seeded_choice`, p filtered as SGLang filters) and their returned logprob with
+    SGLang's own convention for it. Later tokens are decided by the worker's verify rule
+    (:func:`sglang_domino.verify.verify_seeded`).
+
 Three more hooks are not Domino-specific: CPU fast paths (:mod:`.cpu_fast_paths`, same results) in every process
 of a CPU server that loads the plugin, plain serving included, so a benchmark compares plain, backbone and Domino
 servers on the same kernels:
@@ -264,6 +273,44 @@ def _resolve_speculative_algorithm_alias(original, speculative_algorithm=None, s
     return original(speculative_algorithm, speculative_draft_model_path, *args, **kwargs)
 
 
+# 11 ------------------------------------------------------------------------------------------------------------
+SEEDS_ATTR = "domino_seeds"
+
+
+def _sampler_forward(original, self, logits_output, sampling_info, return_logprob, top_logprobs_nums,
+                     token_ids_logprobs, positions, *args: Any, **kwargs: Any):
+    seeds = getattr(sampling_info, SEEDS_ATTR, None)
+    if (seeds is None or len(seeds) != len(sampling_info) or sampling_info.has_custom_logit_processor
+            or logits_output.next_token_logits is None):
+        return original(self, logits_output, sampling_info, return_logprob, top_logprobs_nums, token_ids_logprobs,
+                        positions, *args, **kwargs)
+    import torch
+
+    from sglang_domino.sampling import filtered_probs, sampling_params_from_batch, seeded_choice
+
+    rows = torch.tensor([i for i, seed in enumerate(seeds) if seed is not None], dtype=torch.int64)
+    # The logits as the sampler receives them (penalties, bias and grammar already applied; it edits them in place).
+    logits = logits_output.next_token_logits[rows.to(logits_output.next_token_logits.device)].to(torch.float32)
+    token_ids = original(self, logits_output, sampling_info, return_logprob, top_logprobs_nums, token_ids_logprobs,
+                         positions, *args, **kwargs)
+    params = sampling_params_from_batch(sampling_info, len(seeds))
+    if params is None:  # an all-greedy batch: the seed changes nothing
+        return token_ids
+    params = params.select(rows)
+    seed_tensor = torch.tensor([int(seeds[i]) for i in rows.tolist()], dtype=torch.int64, device=logits.device)
+    # The sampler's positions are those of the last prompt token; the token drawn sits one further.
+    chosen = seeded_choice(filtered_probs(logits, params)[:, None], seed_tensor,
+                           positions[rows.to(positions.device)].to(torch.int64)[:, None].to(logits.device) + 1)[:, 0]
+    token_ids[rows.to(token_ids.device)] = chosen.to(token_ids.device, token_ids.dtype)
+    logprobs = getattr(logits_output, "next_token_logprobs", None)
+    if return_logprob and logprobs is not None:
+        # SGLang's convention for a sampled token: log softmax(logits / T), before top-k / top-p / min-p.
+        temperature = torch.where(params.is_greedy, torch.ones_like(params.temperature), params.temperature)
+        own = torch.log_softmax(logits / temperature[:, None].to(logits.device), dim=-1)
+        logprobs[rows.to(logprobs.device)] = own.gather(1, chosen[:, None])[:, 0].to(logprobs.device, logprobs.dtype)
+    return token_ids
+
+
 HOOKS = (
     ("sglang.srt.speculative.domino_utils.validate_domino_runtime", _validate_domino_runtime),
     ("sglang.srt.speculative.dflash_utils.parse_dflash_draft_config", _parse_dflash_draft_config),
@@ -276,6 +323,7 @@ HOOKS = (
     ("sglang.srt.model_executor.model_runner.ModelRunner._extend_forward_kwargs", _extend_forward_kwargs),
     ("sglang.srt.arg_groups.speculative_hook._resolve_speculative_algorithm_alias",
      _resolve_speculative_algorithm_alias),
+    ("sglang.srt.layers.sampler.Sampler.forward", _sampler_forward),
     ("sglang.srt.layers.quantization.unquant.UnquantizedLinearMethod.apply", cpu_fast_paths.unquantized_linear_apply),
     ("sglang.srt.layers.logits_processor.LogitsProcessor._compute_lm_head", cpu_fast_paths.compute_lm_head),
     ("sglang.srt.layers.attention.torch_native_backend.TorchNativeAttnBackend._run_sdpa_forward_decode",
@@ -297,4 +345,4 @@ def register_hooks() -> None:
     _registered = True
 
 
-__all__ = ["HOOKS", "building_domino_worker", "domino_worker_scope", "register_hooks"]
+__all__ = ["HOOKS", "SEEDS_ATTR", "building_domino_worker", "domino_worker_scope", "register_hooks"]

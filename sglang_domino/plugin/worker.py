@@ -60,7 +60,7 @@ from sglang_domino.plugin.draft_width import (
     is_default_setting,
     width_rule,
 )
-from sglang_domino.plugin.hooks import domino_worker_scope
+from sglang_domino.plugin.hooks import SEEDS_ATTR, domino_worker_scope
 from sglang_domino.rollout import (
     DRAFT_LOGITS_DTYPE_ENV,
     draft_from_hidden,
@@ -68,8 +68,8 @@ from sglang_domino.rollout import (
     drafting_lm_head,
     resolve_draft_temperature_scale,
 )
-from sglang_domino.sampling import SamplingParams
-from sglang_domino.verify import VerifyResult, accepted_prefix_len, verify_greedy, verify_sampling
+from sglang_domino.sampling import SamplingParams, SeededRows, sampling_params_from_batch
+from sglang_domino.verify import VerifyResult, accepted_prefix_len, verify_greedy, verify_sampling, verify_seeded
 
 logger = logging.getLogger(__name__)
 
@@ -92,23 +92,6 @@ class _DominoProposer:
 
 
 DOMINO_PROPOSER = _DominoProposer()
-
-
-def sampling_params_from_batch(sampling_info: Any, bs: int) -> Optional[SamplingParams]:
-    """SGLang's per-request sampling parameters as ours; None when every request is greedy.
-
-    SGLang stores greedy requests as temperature 1, top_k 1 (and "no top-k" as 2**30), which our filtered
-    distribution reads as a one-hot argmax (and no top-k) -- the same distribution SGLang samples from.
-    """
-    if sampling_info is None or sampling_info.is_all_greedy:
-        return None
-    min_p = sampling_info.min_ps[:bs].to(torch.float32) if sampling_info.need_min_p_sampling else None
-    return SamplingParams(
-        temperature=sampling_info.temperatures.reshape(-1)[:bs].to(torch.float32),
-        top_k=sampling_info.top_ks[:bs].to(torch.int64),
-        top_p=sampling_info.top_ps[:bs].to(torch.float32),
-        min_p=min_p,
-    )
 
 
 def refuse_online_weight_updates(lm_head: torch.nn.Module, drafting_dtype: torch.dtype) -> None:
@@ -140,7 +123,9 @@ class DominoWorker(DFlashWorkerV2):
         self._is_domino = False
         self.selector = DOMINO_PROPOSER
         self._selector_sample = None
-        self._domino_pending: Optional[tuple[Optional[torch.Tensor], Optional[SamplingParams]]] = None
+        # (draft probabilities, sampling parameters, seeded rows) of the block being verified
+        self._domino_pending: Optional[tuple[Optional[torch.Tensor], Optional[SamplingParams],
+                                             Optional[SeededRows]]] = None
         self._domino_batch = None
         self._no_streams = torch.device(self.device).type == "cpu"
         if torch.device(self.device).type != "cuda":
@@ -149,6 +134,7 @@ class DominoWorker(DFlashWorkerV2):
                 if getattr(layer.self_attn, "use_table_qk_norm_rope", False):
                     layer.self_attn.use_table_qk_norm_rope = False
         self._draft_log_path = os.environ.get(DRAFT_LOG_ENV) or None
+        self._domino_logged_params: Optional[SamplingParams] = None
         self._log_lock = threading.Lock()  # the draft and step logs
         self._step_log_path = os.environ.get(STEP_LOG_ENV) or None
         # Upstream casts the block embeddings to bf16 before every draft forward; keep the draft's own dtype
@@ -254,6 +240,11 @@ class DominoWorker(DFlashWorkerV2):
             # append anyway); upstream reads only these two fields of its result.
             self.draft_model_runner.forward = _no_draft_forward
         self._step_commit_lens = None
+        if not decode and batch.sampling_info is not None:
+            # Seeded requests: SGLang's sampler draws their first token with the seed (hooks._sampler_forward).
+            seeds = [getattr(req.sampling_params, "sampling_seed", None) for req in batch.reqs]
+            if any(seed is not None for seed in seeds):
+                setattr(batch.sampling_info, SEEDS_ATTR, seeds)
         started = time.perf_counter()
         try:
             result = super().forward_batch_generation(batch, on_publish=on_publish, grammar_barrier=grammar_barrier,
@@ -283,31 +274,43 @@ class DominoWorker(DFlashWorkerV2):
                                 sampling_info) -> torch.Tensor:
         """Draft B−1 tokens per request from the backbone output: :func:`sglang_domino.rollout.draft_from_hidden`."""
         block_size = int(self.block_size)
+        params = sampling_params_from_batch(sampling_info, bs)
+        seeded = self._seeded_rows(bs) if params is not None else None
         if block_size == 1:  # a plain-width step: no drafts, the target's own token is emitted
-            params = sampling_params_from_batch(sampling_info, bs)
             vocab = int(self.model_runner.model_config.vocab_size)
             probs = torch.empty((bs, 0, vocab), dtype=torch.float32, device=anchor_token_ids.device)
-            self._domino_pending = (probs if params is not None else None, params)
+            self._domino_pending = (probs if params is not None else None, params, seeded)
             return torch.empty((bs, 0), dtype=torch.int64, device=anchor_token_ids.device)
         hidden = draft_logits_output.hidden_states
         if hidden is None:
             raise RuntimeError("Domino: the draft model returned no hidden states")
         draft_hidden = hidden[: bs * block_size].view(bs, block_size, -1)
         embed_weight, lm_head_weight = self._target_weights(lm_head)
-        params = sampling_params_from_batch(sampling_info, bs)
         block = draft_from_hidden(
             draft_hidden, anchor_token_ids.to(torch.int64), embed_weight, lm_head_weight, self.domino_head(),
             shift_label=bool(self.domino_config.shift_label),
             pure_draft_prefix_len=int(self.domino_config.pure_draft_prefix_len),
-            sampling=params, draft_temperature_scale=self._draft_temperature_scale,
+            sampling=params, draft_temperature_scale=self._draft_temperature_scale, seeded=seeded,
         )
-        self._domino_pending = (block.probs, params)
+        self._domino_pending = (block.probs, params, seeded)
         return block.tokens
+
+    def _seeded_rows(self, bs: int) -> Optional[SeededRows]:
+        """The rows of this step's batch that carry a ``sampling_seed``; their first decided position is the one
+        after the bonus (the committed length + 1)."""
+        batch = self._domino_batch
+        reqs = list(getattr(batch, "reqs", None) or [])[:bs] if batch is not None else []
+        seeds = [getattr(getattr(req, "sampling_params", None), "sampling_seed", None) for req in reqs]
+        if not any(seed is not None for seed in seeds):
+            return None
+        if len(seeds) != bs:
+            raise RuntimeError(f"Domino: {len(seeds)} requests for a decode batch of {bs} rows")
+        return SeededRows.of_batch(seeds, batch.seq_lens[:bs] + 1)
 
     def _accept_block(self, *, candidates: torch.Tensor, next_token_logits: Optional[torch.Tensor], sampling_info,
                       draft_input, prefix_lens: torch.Tensor, bs: int, target_predict: Optional[torch.Tensor] = None):
         """Chain verification of ``candidates`` = [bonus, d_1 .. d_{B−1}] against the target's B logit rows."""
-        probs, params = self._domino_pending if self._domino_pending is not None else (None, None)
+        probs, params, seeded = self._domino_pending if self._domino_pending is not None else (None, None, None)
         self._domino_pending = None
         block_size = int(self.block_size)
         drafts = candidates[:, 1:]
@@ -321,26 +324,57 @@ class DominoWorker(DFlashWorkerV2):
         else:
             if probs is None or next_token_logits is None:
                 raise RuntimeError("Domino: sampling verification needs the draft probabilities and target logits")
-            verdict = verify_sampling(drafts, probs, next_token_logits.view(bs, block_size, -1).to(torch.float32),
-                                      params)
+            target_logits = next_token_logits.view(bs, block_size, -1).to(torch.float32)
+            verdict = verify_sampling(drafts, probs, target_logits, params)
+            if seeded is not None:  # rows whose tokens the seed fixes (the rest keep their rejection draws)
+                rows = seeded.rows
+                fixed = verify_seeded(drafts[rows], target_logits[rows], params.select(rows), seeded.seeds,
+                                      seeded.first_position)
+                verdict.accept_len[rows] = fixed.accept_len
+                verdict.bonus[rows] = fixed.bonus
         accept_len = verdict.accept_len.to(torch.int32)
         bonus = verdict.bonus.to(torch.int64)
         out_tokens, commit_lens = _commit_accept(candidates, accept_len, bonus)
         self._step_commit_lens = commit_lens  # what the step emits, for a measuring width rule
         if self._draft_log_path:
+            self._domino_logged_params = params
             self._log_drafts(candidates, accept_len, prefix_lens)
         return accept_len, commit_lens, bonus, out_tokens, None
 
     # ------------------------------------------------------------------ debug
     def _log_drafts(self, candidates: torch.Tensor, accept_len: torch.Tensor, prefix_lens: torch.Tensor) -> None:
+        """One record per verified row: what the invariant tests need to tie the row to its own request.
+
+        ``req_pool_idx`` is the pool row the step read (``batch.req_pool_indices``), ``req_row`` the one the request
+        object owns; ``pos`` the committed length, so ``bonus`` must be the request's output token at
+        ``pos - prompt_len`` and the row must carry that request's sampling parameters."""
         batch = self._domino_batch
-        rids = [getattr(req, "rid", None) for req in getattr(batch, "reqs", [])] if batch is not None else []
+        reqs = list(getattr(batch, "reqs", []) or []) if batch is not None else []
+        pool_rows = batch.req_pool_indices.tolist() if batch is not None else []
         rows = candidates.tolist()
         accepts = accept_len.tolist()
         positions = prefix_lens.tolist()
-        self._append_log(self._draft_log_path, [{"rid": rids[i] if i < len(rids) else None, "pos": int(positions[i]),
-                                                 "bonus": row[0], "drafts": row[1:], "accept": int(accepts[i])}
-                                                for i, row in enumerate(rows)])
+        params = self._domino_logged_params
+        used = None
+        if params is not None:  # the parameters the verify rule was given, per row
+            columns = [params.temperature.tolist(), params.top_p.tolist(), params.top_k.tolist(),
+                       params.min_p.tolist() if params.min_p is not None else [0.0] * len(rows)]
+            used = [{"temperature": t, "top_p": p, "top_k": k, "min_p": m} for t, p, k, m in zip(*columns)]
+        records = []
+        for i, row in enumerate(rows):
+            req = reqs[i] if i < len(reqs) else None
+            sp = getattr(req, "sampling_params", None)
+            records.append({
+                "rid": getattr(req, "rid", None), "pos": int(positions[i]), "bonus": row[0], "drafts": row[1:],
+                "accept": int(accepts[i]),
+                "req_pool_idx": int(pool_rows[i]) if i < len(pool_rows) else None,
+                "req_row": getattr(getattr(req, "kv", None), "req_pool_idx", None),
+                "prompt_len": len(req.origin_input_ids) if req is not None else None,
+                "sampling": None if sp is None else {"temperature": sp.temperature, "top_p": sp.top_p,
+                                                     "top_k": sp.top_k, "min_p": sp.min_p},
+                "verified_with": used[i] if used is not None else None,
+            })
+        self._append_log(self._draft_log_path, records)
 
     def _append_log(self, path: str, records: list[dict[str, Any]]) -> None:
         """Append ``records`` as JSON lines to a diagnostic log (the draft log or the step log)."""

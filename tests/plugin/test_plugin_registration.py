@@ -179,7 +179,7 @@ def test_accept_block_sampling_uses_draft_probabilities() -> None:
     drafts = torch.multinomial(q.view(-1, vocab), 1).view(bs, block - 1)
     candidates = torch.cat((torch.zeros(bs, 1, dtype=torch.long), drafts), dim=1)
     accept, commit, bonus, out_tokens, _ = DominoWorker._accept_block(
-        _fake_worker(block, (q, params)), candidates=candidates, next_token_logits=logits.view(-1, vocab),
+        _fake_worker(block, (q, params, None)), candidates=candidates, next_token_logits=logits.view(-1, vocab),
         sampling_info=None, draft_input=None, prefix_lens=torch.zeros(bs, dtype=torch.long), bs=bs)
     assert accept.tolist() == [block - 1] * bs and commit.tolist() == [block] * bs
 

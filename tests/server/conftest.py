@@ -1,11 +1,18 @@
 """Real SGLang servers on loopback, shared by the whole server suite (session scope).
 
 * ``tiny_pair``: the tiny predictable target + hand-built Domino drafter of :mod:`tiny_pair`, written to a tmp dir.
-* ``servers``: the *same* ``python -m sglang.launch_server`` twice, started concurrently, in float32 (REFERENCE §6:
-  bf16 verify/decode rounding makes near-ties diverge) -- once plain, once with
-  ``--speculative-algorithm domino`` (no wrapper: the plugin is loaded through its entry point). The Domino server
-  writes every verified block to a draft log (``SGLANG_DOMINO_DRAFT_LOG``) so tests can check drafts and where a
-  request ended inside a block.
+* ``servers``: real servers started concurrently and shared by the whole server suite:
+
+  - ``plain`` / ``domino``: the *same* ``python -m sglang.launch_server`` twice, in float32 (bf16 verify/decode
+    rounding makes near-ties diverge, so token-for-token tests compare in float32) -- once plain, once with
+    ``--speculative-algorithm domino`` (no wrapper: the plugin is loaded through its entry point), drafting at
+    every batch size with float32 draft logits.
+  - ``plain_default`` / ``domino_default``: the tiny pair served exactly as ``sglang-domino serve`` (``make serve``)
+    serves a model -- :func:`server.launch.build_command` with no flag of ours: the CPU default dtype, the default
+    verify width, the adaptive width rule (plain-width steps included) and default draft-logit precision.
+
+  Both Domino servers write every verified row to a draft log (``SGLANG_DOMINO_DRAFT_LOG``) so tests can check
+  drafts, where a request ended inside a block, and the row invariants of :mod:`invariants`.
 """
 
 from __future__ import annotations
@@ -53,6 +60,15 @@ def launch_cmd(target: Path, port: int, *extra: str, draft: Optional[Path] = Non
     if draft is not None:
         cmd += ["--speculative-algorithm", "domino", "--speculative-draft-model-path", str(draft)]
     return cmd + list(extra)
+
+
+def default_cmd(target: Path, draft: Optional[Path], port: int, *extra: str) -> list[str]:
+    """The command ``sglang-domino serve --target T --draft D`` runs on this machine (every default of ours)."""
+    from sglang_domino.server.launch import build_command
+
+    cmd, _ = build_command(str(target), None if draft is None else str(draft), "127.0.0.1", port, list(extra),
+                           cpu=True)
+    return cmd
 
 
 @dataclass
@@ -136,8 +152,12 @@ def servers(tiny, tmp_path_factory):
     """{'plain': Server, 'domino': Server}, started concurrently and shared by every server test."""
     logs = tmp_path_factory.mktemp("server_logs")
     draft_log = logs / "drafts.jsonl"
+    default_log = logs / "drafts_default.jsonl"
     specs = {
         "plain": (launch_cmd(tiny.target, free_port()), cpu_env(), None),
+        "plain_default": (default_cmd(tiny.target, None, free_port()), cpu_env(), None),
+        "domino_default": (default_cmd(tiny.target, tiny.drafter, free_port()),
+                           cpu_env(SGLANG_DOMINO_DRAFT_LOG=str(default_log)), default_log),
         "domino": (launch_cmd(tiny.target, free_port(), draft=tiny.drafter),
                    # float32 drafting: the reference tests compare drafts with the offline rollout bit for bit;
                    # drafting at every batch size: these tests exercise speculation under concurrency
