@@ -148,6 +148,8 @@ def _sampling(rng: random.Random) -> dict:
         sp["presence_penalty"] = rng.choice([-1.0, 0.5, 1.5])
     if rng.random() < 0.25:
         sp["repetition_penalty"] = rng.choice([0.7, 1.1, 1.3, 2.0])
+    if rng.random() < 0.15:
+        sp["sampling_seed"] = rng.randrange(-(2**40), 2**40)
     return sp
 
 
@@ -203,6 +205,8 @@ def make_case(rng: random.Random, index: int, pools: Pools, *, grammar: bool = T
         for key in ("top_p", "top_k", "min_p", "frequency_penalty", "presence_penalty", "repetition_penalty"):
             if key in sp:
                 body[key] = sp[key]
+        if "sampling_seed" in sp:
+            body["seed"] = sp["sampling_seed"]
         if stop:
             body["stop"] = stop
         if stop_ids:

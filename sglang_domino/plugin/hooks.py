@@ -35,6 +35,16 @@ batches that would otherwise crash, and calls the original otherwise. Every targ
    verify and the draft block of every speculative step) compute only the new tokens' rows
    (:func:`sdpa_new_tokens_only`, the same attention). Prefills without a prefix keep upstream's kernel.
 
+Three more hooks are not Domino-specific: CPU fast paths (:mod:`.cpu_fast_paths`, same results) in every process
+of a CPU server that loads the plugin, plain serving included, so a benchmark compares plain, backbone and Domino
+servers on the same kernels:
+
+8. ``UnquantizedLinearMethod.apply`` and 9. ``LogitsProcessor._compute_lm_head`` (its plain-weight branch): float32
+   products of one or two rows as ``(W @ xᵀ)ᵀ``, of more rows through oneDNN with the weight packed once.
+10. ``TorchNativeAttnBackend._run_sdpa_forward_decode``: the per-request key gather with ``index_select``.
+
+One more, for Domino processes only (it acts on a batch the worker has tagged):
+
 11. ``Sampler.forward``: a request's first token is sampled at prefill by SGLang's own sampler, which honours
     ``sampling_seed`` only under deterministic inference (refused by the CPU backend, and it asserts on min-p).
     For a Domino prefill batch holding seeded requests the worker lists their seeds on the batch's forward-only
@@ -43,14 +53,6 @@ batches that would otherwise crash, and calls the original otherwise. Every targ
     :func:`sglang_domino.sampling.seeded_choice`, p filtered as SGLang filters) and their returned logprob with
     SGLang's own convention for it. Later tokens are decided by the worker's verify rule
     (:func:`sglang_domino.verify.verify_seeded`).
-
-Three more hooks are not Domino-specific: CPU fast paths (:mod:`.cpu_fast_paths`, same results) in every process
-of a CPU server that loads the plugin, plain serving included, so a benchmark compares plain, backbone and Domino
-servers on the same kernels:
-
-8. ``UnquantizedLinearMethod.apply`` and 9. ``LogitsProcessor._compute_lm_head`` (its plain-weight branch): float32
-   products of one or two rows as ``(W @ xᵀ)ᵀ``, of more rows through oneDNN with the weight packed once.
-10. ``TorchNativeAttnBackend._run_sdpa_forward_decode``: the per-request key gather with ``index_select``.
 """
 
 from __future__ import annotations

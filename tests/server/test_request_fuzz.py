@@ -2,10 +2,11 @@
 
 Random valid requests -- ``/generate`` with ``input_ids`` and ``text``, ``/v1/chat/completions``,
 ``/v1/completions`` -- mixing temperature 0 and sampling, top-p / top-k / min-p, frequency / presence /
-repetition penalties, ``n`` 1-3, logprobs with top logprobs, ``json_schema`` constrained decoding (xgrammar),
-stop strings, ``stop_token_ids``, ``max_tokens`` 1-80, ``ignore_eos``, streaming with client hang-ups and
-``/abort_request`` of in-flight ids, at a random concurrency of 1-16, against ``domino_default`` (the server
-``sglang-domino serve`` starts: CPU default dtype, adaptive width rule with plain-width steps).
+repetition penalties, ``sampling_seed`` / ``seed``, ``n`` 1-3, logprobs with top logprobs, ``json_schema``
+constrained decoding (xgrammar), stop strings, ``stop_token_ids``, ``max_tokens`` 1-80, ``ignore_eos``,
+streaming with client hang-ups and ``/abort_request`` of in-flight ids, at a random concurrency of 1-16, against
+``domino_default`` (the server ``sglang-domino serve`` starts: CPU default dtype, adaptive width rule with
+plain-width steps).
 
 The generator and the per-request checks live in ``benchmarks/request_fuzz.py`` (one source; run as a script it
 is the large version with its own server). Here: every response a client read to the end is well formed, the
@@ -59,6 +60,7 @@ def test_seeded_cases_cover_every_feature(pools) -> None:
     assert any(c.logprobs and c.top_logprobs for c in cases)
     assert any(c.stop for c in cases) and any(c.stop_token_ids for c in cases)
     assert any(c.ignore_eos for c in cases)
+    assert any("sampling_seed" in c.body.get("sampling_params", {}) or "seed" in c.body for c in cases)
     temps = {c.body.get("temperature", c.body.get("sampling_params", {}).get("temperature")) for c in cases}
     assert 0.0 in temps and len(temps) > 2
     assert fuzz.make_cases(SEED, REQUESTS, pools)[5].body == cases[5].body  # seeded

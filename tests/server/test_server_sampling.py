@@ -100,7 +100,8 @@ def token2_rows(server: Server, start: int, sp: dict) -> tuple[list[dict], int]:
     verify step: committed length = prompt length), and the log's new length."""
     records = server.draft_records()
     rows = [r for r in records[start:] if r.get("prompt_len") == len(PROMPT) and r["pos"] == len(PROMPT)
-            and r.get("sampling") and abs(r["sampling"]["temperature"] - sp["temperature"]) < 1e-6]
+            and r.get("sampling") and abs(r["sampling"]["temperature"] - sp["temperature"]) < 1e-6
+            and r["sampling"]["top_k"] != 1]  # not the greedy request sent alongside (SGLang stores it as T=1, top-k 1)
     return rows, len(records)
 
 
