@@ -32,14 +32,13 @@ import os
 import random
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -685,12 +684,6 @@ def check_invariants(records: list[dict], result: FuzzResult):
 
 
 # ----------------------------------------------------------------------------------------------- CLI
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _git_commit() -> str:
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
@@ -753,7 +746,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     log_dir.mkdir(parents=True, exist_ok=True)
     draft_log = log_dir / "drafts.jsonl"
     draft_log.unlink(missing_ok=True)
-    port = _free_port()
+    from serving import free_port
+
+    port = free_port()
     cmd, env = build_command(str(target), str(draft), "127.0.0.1", port, [], cpu=True)
     env["SGLANG_DOMINO_DRAFT_LOG"] = str(draft_log)
     url = f"http://127.0.0.1:{port}"

@@ -38,12 +38,9 @@ import argparse
 import json
 import os
 import shlex
-import signal
-import socket
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional
@@ -53,11 +50,12 @@ import requests
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "server"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 import sampling_stats as st  # noqa: E402
 
 from sglang_domino.plugin.draft_width import MAX_SPECULATIVE_BATCH_ENV  # noqa: E402
 from sglang_domino.resume import append_row, read_rows, start_rows  # noqa: E402
-from sglang_domino.server.launch import build_command  # noqa: E402
+from serving import Server as ServeProcess, free_port  # noqa: E402
 
 SERVERS = ("plain", "domino", "domino_always")
 CONDITIONAL_TOP = 3
@@ -66,41 +64,18 @@ EMBEDDED_PROMPT = "The capital of France is"
 EMBEDDED_MAX_TOKEN1_ROWS = 256  # token-1 values whose token-2 distribution is computed (one forward each)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+class Server(ServeProcess):
+    """``sglang-domino serve`` on loopback (:class:`serving.Server`), with a draft log and the audit's requests."""
 
-
-class Server:
     def __init__(self, name: str, target: Path, draft: Optional[Path], log_dir: Path, extra: list[str],
                  env: dict[str, str]):
-        self.name, self.port = name, free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.cmd, base_env = build_command(str(target), None if draft is None else str(draft), "127.0.0.1", self.port,
-                                           extra, cpu=True)
-        self.log_path = log_dir / f"sampling-audit-{name}.log"
         self.draft_log = log_dir / f"sampling-audit-{name}.drafts.jsonl" if draft is not None else None
-        env = {**base_env, "TOKENIZERS_PARALLELISM": "false", **env}
+        env = {"TOKENIZERS_PARALLELISM": "false", **env}
         if self.draft_log is not None:
             self.draft_log.unlink(missing_ok=True)
             env["SGLANG_DOMINO_DRAFT_LOG"] = str(self.draft_log)
-        log_dir.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(self.cmd, env=env, stdout=self.log_path.open("w"), stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-
-    def wait_healthy(self, timeout_s: float = 900) -> None:
-        deadline = time.time() + timeout_s
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} server exited ({self.proc.returncode}); see {self.log_path}")
-            try:
-                if requests.get(f"{self.url}/health", timeout=5).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(1)
-        raise TimeoutError(f"{self.name} server not healthy after {timeout_s}s; see {self.log_path}")
+        super().__init__(f"sampling-audit-{name}", target, draft, free_port(), extra, log_dir, env)
+        self.name = name
 
     def generate(self, timeout: float = 600, **payload) -> Any:
         r = requests.post(self.url + "/generate", json=payload, timeout=timeout)
@@ -122,14 +97,6 @@ class Server:
         rows = [r for r in rows if r.get("prompt_len") == len(prompt) and r["pos"] == len(prompt)
                 and r.get("sampling") and abs(r["sampling"]["temperature"] - sp["temperature"]) < 1e-6]
         return [sum(bool(r["drafts"]) for r in rows), len(rows)]
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
 
 
 # ------------------------------------------------------------------------------------------------ the pair

@@ -51,6 +51,15 @@ def backbone_only_checkpoint(draft: Path, cache_root: Path) -> Path:
     return out
 
 
+def free_port() -> int:
+    """A free TCP port on loopback."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 class Server:
     """A ``sglang-domino serve`` subprocess on loopback; ``draft=None`` serves without speculation."""
 
