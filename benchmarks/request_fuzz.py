@@ -28,10 +28,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import shlex
-import signal
 import subprocess
 import sys
 import threading
@@ -730,8 +728,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     from tqdm import tqdm
     from transformers import AutoTokenizer
 
-    from sglang_domino.server.launch import build_command
-
     embedded = args.target is None and args.draft is None
     if embedded:
         from sglang_domino.embedded import prepare_embedded_pair
@@ -746,27 +742,19 @@ def main(argv: Optional[list[str]] = None) -> int:
     log_dir.mkdir(parents=True, exist_ok=True)
     draft_log = log_dir / "drafts.jsonl"
     draft_log.unlink(missing_ok=True)
-    from serving import free_port
+    from serving import Server as ServeProcess, free_port  # benchmarks/, this script's folder
 
-    port = free_port()
-    cmd, env = build_command(str(target), str(draft), "127.0.0.1", port, [], cpu=True)
-    env["SGLANG_DOMINO_DRAFT_LOG"] = str(draft_log)
-    url = f"http://127.0.0.1:{port}"
-    server_log = log_dir / "server.log"
-    print(f"starting: SGLANG_DOMINO_DRAFT_LOG={draft_log} {shlex.join(cmd)}", flush=True)
-    proc = subprocess.Popen(cmd, env=env, stdout=open(server_log, "w"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    server = ServeProcess("request-fuzz", target, draft, free_port(), [], log_dir,
+                          {"SGLANG_DOMINO_DRAFT_LOG": str(draft_log)})
+    url, proc, cmd = server.url, server.proc, server.cmd
+    print(f"started: SGLANG_DOMINO_DRAFT_LOG={draft_log} {shlex.join(cmd)}", flush=True)
     report: dict[str, Any] = {"command": shlex.join([sys.executable, *sys.argv]), "git_commit": _git_commit(),
                               "server_command": shlex.join(cmd), "seed": args.seed, "requests": args.requests,
                               "max_concurrency": args.concurrency, "budget_s": args.budget_s, "target": str(target), "draft": str(draft),
                               "grammar": not args.no_grammar}
     try:
         t_start = time.monotonic()
-        while not healthy(url):
-            if proc.poll() is not None or time.monotonic() - t_start > args.start_timeout:
-                print(server_log.read_text()[-3000:], file=sys.stderr)
-                raise SystemExit("the server did not start")
-            time.sleep(1.0)
+        server.wait_healthy(args.start_timeout)
         report["server_start_s"] = round(time.monotonic() - t_start, 1)
         tokenizer = AutoTokenizer.from_pretrained(target)
         pools = Pools.from_tokenizer(tokenizer, _prompt_texts(embedded))
@@ -798,12 +786,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         if inv.violations:
             print(inv.summary())
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+        server.stop()
         if args.json:
             Path(args.json).parent.mkdir(parents=True, exist_ok=True)
             Path(args.json).write_text(json.dumps(report, indent=1, default=str) + "\n")

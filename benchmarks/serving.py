@@ -70,6 +70,7 @@ class Server:
         cmd = [sys.executable, "-m", "sglang_domino.cli", "serve", "--target", str(target), "--port", str(port)]
         cmd += ["--draft", str(draft)] if draft is not None else ["--no-speculation"]
         cmd += extra
+        self.cmd = cmd
         log_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = log_dir / f"server-{name}.log"
         self.proc = subprocess.Popen(cmd, stdout=self.log_path.open("w"), stderr=subprocess.STDOUT,
