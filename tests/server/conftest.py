@@ -108,15 +108,39 @@ class Server:
             return ""
 
 
+# How each process was started, so wait_ready can start it again on another port (see PORT_CLASH).
+_LAUNCHES: dict[int, tuple[list[str], dict]] = {}
+# free_port() closes the port it found before the server binds it, so with several servers starting at once another
+# one can take it first (seen in CI: uvicorn's bind error, and the server then hangs instead of exiting).
+PORT_CLASH = "address already in use"
+PORT_RETRIES = 3
+
+
 def start_server(name: str, cmd: list[str], env: dict, log: Path) -> tuple[subprocess.Popen, float]:
     fh = open(log, "w")
     proc = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+    _LAUNCHES[proc.pid] = (list(cmd), env)
     return proc, time.monotonic()
+
+
+def _restart_on_new_port(server: Server) -> None:
+    cmd, env = _LAUNCHES[server.proc.pid]
+    stop(server)
+    port = free_port()
+    cmd[cmd.index("--port") + 1] = str(port)
+    server.proc, _ = start_server(server.name, cmd, env, server.log)
+    server.url = f"http://127.0.0.1:{port}"
+    server.extra["cmd"] = cmd
 
 
 def wait_ready(server: Server, timeout: float = SERVER_START_TIMEOUT) -> None:
     t0 = time.monotonic()
+    retries = 0
     while time.monotonic() - t0 < timeout:
+        if PORT_CLASH in server.tail(20) and retries < PORT_RETRIES and server.proc.pid in _LAUNCHES:
+            retries += 1
+            _restart_on_new_port(server)
+            continue
         if not server.alive():
             raise RuntimeError(f"{server.name} server exited during start-up:\n{server.tail()}")
         try:
