@@ -68,6 +68,13 @@ def verify_greedy(draft_tokens: torch.Tensor, target_logits: torch.Tensor) -> Ve
     return VerifyResult(accept_len, bonus)
 
 
+def target_distributions(target_logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """target_logits [N, P+1, V] -> the target's filtered distributions [N, P+1, V] (each row's own parameters)."""
+    n, rows, vocab = target_logits.shape
+    probs = filtered_probs(target_logits.reshape(n * rows, vocab), params.repeat_interleave(rows))
+    return probs.view(n, rows, vocab)
+
+
 def block_positions(first_position: torch.Tensor, num_rows: int) -> torch.Tensor:
     """[N] absolute position of the token row 0 decides -> [N, num_rows] positions of every row."""
     return first_position.to(torch.int64)[:, None] + torch.arange(num_rows, device=first_position.device)
@@ -78,10 +85,8 @@ def verify_seeded(draft_tokens: torch.Tensor, target_logits: torch.Tensor, param
     """Seeded rows: draft_tokens [N, P]; target_logits [N, P+1, V]; seeds [N]; first_position [N] the absolute
     position of the token row 0 decides (the one after the bonus the block was drafted behind)."""
     _check_shapes(draft_tokens, target_logits)
-    n, p_len = draft_tokens.shape
-    vocab = target_logits.shape[-1]
-    target_probs = filtered_probs(target_logits.reshape(n * (p_len + 1), vocab), params.repeat_interleave(p_len + 1))
-    chosen = seeded_choice(target_probs.view(n, p_len + 1, vocab), seeds, block_positions(first_position, p_len + 1))
+    p_len = draft_tokens.shape[1]
+    chosen = seeded_choice(target_distributions(target_logits, params), seeds, block_positions(first_position, p_len + 1))
     accept_len = accepted_prefix_len(draft_tokens == chosen[:, :-1])
     return VerifyResult(accept_len, chosen.gather(1, accept_len[:, None]).squeeze(1))
 
@@ -103,8 +108,7 @@ def verify_sampling(
     vocab = target_logits.shape[-1]
     if draft_probs.shape != (n, p_len, vocab):
         raise ValueError(f"draft_probs must be [{n}, {p_len}, {vocab}], got {tuple(draft_probs.shape)}")
-    target_probs = filtered_probs(target_logits.reshape(n * (p_len + 1), vocab), params.repeat_interleave(p_len + 1))
-    target_probs = target_probs.view(n, p_len + 1, vocab)
+    target_probs = target_distributions(target_logits, params)
     q = draft_probs.to(torch.float32)
 
     idx = draft_tokens[..., None]

@@ -119,8 +119,6 @@ CONTRACT: tuple[Requirement, ...] = (
                 "hooked: a seeded request's first token drawn with its seed",
                 ("logits_output", "sampling_info", "return_logprob", "top_logprobs_nums", "token_ids_logprobs",
                  "positions")),
-    Requirement("sglang.srt.layers.sampler", "multinomial_with_seed",
-                "SGLang's seeded sampler, which the Sampler.forward hook turns on for seeded prefills"),
     Requirement("sglang.srt.sampling.sampling_batch_info", "SamplingBatchInfo.copy_for_forward",
                 "the worker tags the forward-only sampling_info of a prefill with the requests' seeds"),
     # --- conventions: attributes we set on upstream modules that upstream must still read

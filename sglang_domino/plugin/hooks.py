@@ -282,27 +282,27 @@ SEEDS_ATTR = "domino_seeds"
 def _sampler_forward(original, self, logits_output, sampling_info, return_logprob, top_logprobs_nums,
                      token_ids_logprobs, positions, *args: Any, **kwargs: Any):
     seeds = getattr(sampling_info, SEEDS_ATTR, None)
-    if (seeds is None or len(seeds) != len(sampling_info) or sampling_info.has_custom_logit_processor
-            or logits_output.next_token_logits is None):
+    if (seeds is None or all(seed is None for seed in seeds) or len(seeds) != len(sampling_info)
+            or sampling_info.has_custom_logit_processor or logits_output.next_token_logits is None):
         return original(self, logits_output, sampling_info, return_logprob, top_logprobs_nums, token_ids_logprobs,
                         positions, *args, **kwargs)
     import torch
 
-    from sglang_domino.sampling import filtered_probs, sampling_params_from_batch, seeded_choice
+    from sglang_domino.sampling import SeededRows, filtered_probs, sampling_params_from_batch, seeded_choice
 
-    rows = torch.tensor([i for i, seed in enumerate(seeds) if seed is not None], dtype=torch.int64)
+    device = logits_output.next_token_logits.device
+    # The sampler's positions are those of the last prompt token; the token drawn sits one further.
+    seeded = SeededRows.of_batch(seeds, positions.to(device, torch.int64) + 1)  # not None: a row has a seed
+    rows = seeded.rows
     # The logits as the sampler receives them (penalties, bias and grammar already applied; it edits them in place).
-    logits = logits_output.next_token_logits[rows.to(logits_output.next_token_logits.device)].to(torch.float32)
+    logits = logits_output.next_token_logits[rows].to(torch.float32)
     token_ids = original(self, logits_output, sampling_info, return_logprob, top_logprobs_nums, token_ids_logprobs,
                          positions, *args, **kwargs)
     params = sampling_params_from_batch(sampling_info, len(seeds))
     if params is None:  # an all-greedy batch: the seed changes nothing
         return token_ids
     params = params.select(rows)
-    seed_tensor = torch.tensor([int(seeds[i]) for i in rows.tolist()], dtype=torch.int64, device=logits.device)
-    # The sampler's positions are those of the last prompt token; the token drawn sits one further.
-    chosen = seeded_choice(filtered_probs(logits, params)[:, None], seed_tensor,
-                           positions[rows.to(positions.device)].to(torch.int64)[:, None].to(logits.device) + 1)[:, 0]
+    chosen = seeded_choice(filtered_probs(logits, params)[:, None], seeded.seeds, seeded.first_position[:, None])[:, 0]
     token_ids[rows.to(token_ids.device)] = chosen.to(token_ids.device, token_ids.dtype)
     logprobs = getattr(logits_output, "next_token_logprobs", None)
     if return_logprob and logprobs is not None:

@@ -94,6 +94,11 @@ class _DominoProposer:
 DOMINO_PROPOSER = _DominoProposer()
 
 
+def request_seeds(reqs: list) -> list[Optional[int]]:
+    """Each request's ``sampling_seed`` (None where it has none), in batch order."""
+    return [getattr(getattr(req, "sampling_params", None), "sampling_seed", None) for req in reqs]
+
+
 def refuse_online_weight_updates(lm_head: torch.nn.Module, drafting_dtype: torch.dtype) -> None:
     """Make SGLang refuse online weight updates while drafts use a converted copy of ``lm_head``.
 
@@ -134,7 +139,6 @@ class DominoWorker(DFlashWorkerV2):
                 if getattr(layer.self_attn, "use_table_qk_norm_rope", False):
                     layer.self_attn.use_table_qk_norm_rope = False
         self._draft_log_path = os.environ.get(DRAFT_LOG_ENV) or None
-        self._domino_logged_params: Optional[SamplingParams] = None
         self._log_lock = threading.Lock()  # the draft and step logs
         self._step_log_path = os.environ.get(STEP_LOG_ENV) or None
         # Upstream casts the block embeddings to bf16 before every draft forward; keep the draft's own dtype
@@ -242,7 +246,7 @@ class DominoWorker(DFlashWorkerV2):
         self._step_commit_lens = None
         if not decode and batch.sampling_info is not None:
             # Seeded requests: SGLang's sampler draws their first token with the seed (hooks._sampler_forward).
-            seeds = [getattr(req.sampling_params, "sampling_seed", None) for req in batch.reqs]
+            seeds = request_seeds(batch.reqs)
             if any(seed is not None for seed in seeds):
                 setattr(batch.sampling_info, SEEDS_ATTR, seeds)
         started = time.perf_counter()
@@ -299,8 +303,7 @@ class DominoWorker(DFlashWorkerV2):
         """The rows of this step's batch that carry a ``sampling_seed``; their first decided position is the one
         after the bonus (the committed length + 1)."""
         batch = self._domino_batch
-        reqs = list(getattr(batch, "reqs", None) or [])[:bs] if batch is not None else []
-        seeds = [getattr(getattr(req, "sampling_params", None), "sampling_seed", None) for req in reqs]
+        seeds = request_seeds(list(getattr(batch, "reqs", None) or [])[:bs] if batch is not None else [])
         if not any(seed is not None for seed in seeds):
             return None
         if len(seeds) != bs:
@@ -337,24 +340,24 @@ class DominoWorker(DFlashWorkerV2):
         out_tokens, commit_lens = _commit_accept(candidates, accept_len, bonus)
         self._step_commit_lens = commit_lens  # what the step emits, for a measuring width rule
         if self._draft_log_path:
-            self._domino_logged_params = params
-            self._log_drafts(candidates, accept_len, prefix_lens)
+            self._log_drafts(candidates, accept_len, prefix_lens, params)
         return accept_len, commit_lens, bonus, out_tokens, None
 
     # ------------------------------------------------------------------ debug
-    def _log_drafts(self, candidates: torch.Tensor, accept_len: torch.Tensor, prefix_lens: torch.Tensor) -> None:
+    def _log_drafts(self, candidates: torch.Tensor, accept_len: torch.Tensor, prefix_lens: torch.Tensor,
+                    params: Optional[SamplingParams]) -> None:
         """One record per verified row: what the invariant tests need to tie the row to its own request.
 
         ``req_pool_idx`` is the pool row the step read (``batch.req_pool_indices``), ``req_row`` the one the request
         object owns; ``pos`` the committed length, so ``bonus`` must be the request's output token at
-        ``pos - prompt_len`` and the row must carry that request's sampling parameters."""
+        ``pos - prompt_len`` and the row must carry that request's sampling parameters (``params``: those the verify
+        rule was given, None for an all-greedy batch)."""
         batch = self._domino_batch
         reqs = list(getattr(batch, "reqs", []) or []) if batch is not None else []
         pool_rows = batch.req_pool_indices.tolist() if batch is not None else []
         rows = candidates.tolist()
         accepts = accept_len.tolist()
         positions = prefix_lens.tolist()
-        params = self._domino_logged_params
         used = None
         if params is not None:  # the parameters the verify rule was given, per row
             columns = [params.temperature.tolist(), params.top_p.tolist(), params.top_k.tolist(),

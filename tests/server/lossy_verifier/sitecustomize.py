@@ -27,9 +27,7 @@ def _lossy_verify_sampling(draft_tokens, draft_probs, target_logits, params, gen
 
     v._check_shapes(draft_tokens, target_logits)
     n, p_len = draft_tokens.shape
-    vocab = target_logits.shape[-1]
-    target_probs = v.filtered_probs(target_logits.reshape(n * (p_len + 1), vocab), params.repeat_interleave(p_len + 1))
-    target_probs = target_probs.view(n, p_len + 1, vocab)
+    target_probs = v.target_distributions(target_logits, params)
     q = draft_probs.to(torch.float32)
     idx = draft_tokens[..., None]
     p_of_d = target_probs[:, :p_len].gather(2, idx).squeeze(2)
