@@ -742,7 +742,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     log_dir.mkdir(parents=True, exist_ok=True)
     draft_log = log_dir / "drafts.jsonl"
     draft_log.unlink(missing_ok=True)
-    from serving import Server as ServeProcess, free_port  # benchmarks/, this script's folder
+    from provenance import provenance  # benchmarks/, this script's folder
+    from serving import Server as ServeProcess, free_port
 
     server = ServeProcess("request-fuzz", target, draft, free_port(), [], log_dir,
                           {"SGLANG_DOMINO_DRAFT_LOG": str(draft_log)})
@@ -751,7 +752,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     report: dict[str, Any] = {"command": shlex.join([sys.executable, *sys.argv]), "git_commit": _git_commit(),
                               "server_command": shlex.join(cmd), "seed": args.seed, "requests": args.requests,
                               "max_concurrency": args.concurrency, "budget_s": args.budget_s, "target": str(target), "draft": str(draft),
-                              "grammar": not args.no_grammar}
+                              "grammar": not args.no_grammar, "provenance": provenance(draft, target)}
     try:
         t_start = time.monotonic()
         server.wait_healthy(args.start_timeout)

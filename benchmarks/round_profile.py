@@ -149,6 +149,9 @@ def main(argv: list[str] | None = None) -> int:
                                           (args.server_args.split() if args.server_args else [])
                                           + (["--speculative-num-draft-tokens", str(args.block_size)]
                                              if args.block_size else []))
+    from provenance import provenance  # benchmarks/, this script's folder
+
+    result["provenance"] = provenance(draft, target)
     out_json.write_text(json.dumps(result, indent=2))
     table = markdown(result)
     out_json.with_suffix(".md").write_text(table + "\n")

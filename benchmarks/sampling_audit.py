@@ -255,7 +255,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     t_start = time.time()
     exact = (st.exact_distributions(target, prompt, settings) if args.pair == "tiny"
              else exact_subset(target, prompt, settings, EMBEDDED_MAX_TOKEN1_ROWS))
-    meta = {**environment(), **run_settings}
+    from provenance import provenance  # benchmarks/
+
+    meta = {**environment(), **run_settings, "provenance": provenance(draft, target)}
     extra = shlex.split(args.server_args)
     todo = [(name, srv) for name in settings for srv in names
             if not any(r["setting"] == name and r["server"] == srv for r in done)]

@@ -272,6 +272,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
               "server_args": extra, "block_size": args.block_size or load_config_block_size(draft),
               "repeats": args.repeats, "draft_logits_dtype": draft_logits_choice, "cpu_fast_paths": cpu_fast_paths,
               "max_speculative_batch": max_speculative_batch, "configs": list(configs), "levels": levels}
+    from provenance import provenance  # benchmarks/, this script's folder
+
+    result["provenance"] = provenance(draft, target)
     out_json.write_text(json.dumps(result, indent=2))
     table = markdown_table(levels)
     out_json.with_suffix(".md").write_text(table + "\n")
