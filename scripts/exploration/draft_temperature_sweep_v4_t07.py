@@ -2,8 +2,8 @@
 q = filtered softmax(logits / (0.7·s)), and for greedy drafts verified as point masses ("pm", upstream's rule).
 
 Offline loop, embedded pair (drafter v4), float32, first 16 held-out prompts × seeds {0, 1}, 128 new tokens, width 16.
-    python benchmarks/results/exploration/draft_temperature_sweep_v4_t07.py 1.0,0.35 16 OUT.jsonl &
-    python benchmarks/results/exploration/draft_temperature_sweep_v4_t07.py pm,0.6 16 OUT.jsonl
+    python scripts/exploration/draft_temperature_sweep_v4_t07.py 1.0,0.35 16 OUT.jsonl &
+    python scripts/exploration/draft_temperature_sweep_v4_t07.py pm,0.6 16 OUT.jsonl
 The committed results (``draft_temperature_sweep_v4_t07.jsonl``) were measured with this script before the
 ``draft_temperature_scale`` parameter existed: it then swapped ``rollout.make_sampling_selector`` for one drawing at
 T·s -- the same distribution the parameter now selects. (Its records then had no "temperature"/"prompts" fields.)

@@ -2,7 +2,7 @@
 
 small  = (W @ xᵀ)ᵀ (small_batch_linear); packed = oneDNN with the weight packed once (packed_linear).
 30 layers' qkv/o/gate_up/down weights + the lm_head (540 MB, so not cache-resident), 2 threads, min over 3 runs.
-    python benchmarks/results/exploration/cpu_linear_gemm.py > benchmarks/results/exploration/cpu_linear_gemm.txt
+    python scripts/exploration/cpu_linear_gemm.py > scripts/exploration/cpu_linear_gemm.txt
 """
 import time
 from types import SimpleNamespace

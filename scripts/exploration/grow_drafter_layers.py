@@ -4,7 +4,7 @@ The new layers are initialised like the others (N(0, 0.02), norms 1) except ``o_
 start at zero, so both residual branches add nothing: the grown drafter drafts exactly what the source drafted
 until training moves them. Used to ask whether depth is what limits the embedded drafter (2026-12-06):
 
-    python benchmarks/results/exploration/grow_drafter_layers.py sglang_domino/embedded/drafter runs/grow3/init 3
+    python scripts/exploration/grow_drafter_layers.py sglang_domino/embedded/drafter runs/grow3/init 3
     sglang-domino train ... --init-from runs/grow3/init ...
 """
 import dataclasses

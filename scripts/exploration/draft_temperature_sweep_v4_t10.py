@@ -4,8 +4,8 @@
 τ for draft distributions q = filtered softmax(logits / (1.0·s)), and for greedy drafts verified as point masses
 ("pm", upstream's rule). Offline loop, embedded pair (drafter v4), float32, prompts × seeds {0, 1}, 128 new tokens,
 width 16.
-    python benchmarks/results/exploration/draft_temperature_sweep_v4_t10.py pm,1.0 8 OUT.jsonl &
-    python benchmarks/results/exploration/draft_temperature_sweep_v4_t10.py 0.6,0.35 8 OUT.jsonl
+    python scripts/exploration/draft_temperature_sweep_v4_t10.py pm,1.0 8 OUT.jsonl &
+    python scripts/exploration/draft_temperature_sweep_v4_t10.py 0.6,0.35 8 OUT.jsonl
 """
 import sys
 from pathlib import Path
