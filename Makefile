@@ -40,8 +40,10 @@ prepare: install
 serve: install
 	$(VENV)/bin/sglang-domino serve --host $(HOST) --port $(PORT)
 
+# Results go to the ignored out/bench/; a run worth publishing is copied into benchmarks/results/ and committed.
 bench: install
-	$(VENV)/bin/sglang-domino bench --json benchmarks/results/serving.json
+	mkdir -p out/bench
+	$(VENV)/bin/sglang-domino bench --json out/bench/serving.json
 
 clean-venv:
 	rm -rf $(VENV)
