@@ -21,7 +21,7 @@ import re
 import shlex
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -396,6 +396,14 @@ def generate(spec: str, root: Path = REPO, require_committed: bool = True) -> st
         raise TableError(f"{kind_name} {' '.join(paths)}: {type(exc).__name__}: {exc}") from exc
 
 
+def _has_provenance(path: Path) -> bool:
+    try:
+        data = load(path)
+    except (OSError, ValueError):
+        return True  # generate() reports it
+    return not isinstance(data, dict) or "provenance" in data
+
+
 def default_files(root: Path = REPO) -> list[Path]:
     files = [root / "README.md"] + sorted((root / "docs").rglob("*.md")) + sorted((root / "benchmarks" / "results").glob("*.md"))
     return [f for f in files if f.is_file()]
@@ -407,6 +415,7 @@ class Outcome:
     differ: int = 0
     errors: int = 0
     rewritten: int = 0
+    without_provenance: set = field(default_factory=set)  # JSON files written before benchmarks/provenance.py
 
 
 def verify(files: list[Path], root: Path = REPO, write: bool = False, out=sys.stdout,
@@ -424,6 +433,8 @@ def verify(files: list[Path], root: Path = REPO, write: bool = False, out=sys.st
         for b in blocks:
             res.checked += 1
             try:
+                _, paths, _ = parse_spec(b.spec)
+                res.without_provenance.update(rel for rel in paths if not _has_provenance(root / rel))
                 want = generate(b.spec, root, require_committed) + "\n"
             except TableError as exc:
                 print(f"ERROR {b.where(root)} [{b.spec}]: {exc}", file=out)
@@ -463,6 +474,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     res = verify(files, write=args.write)
     print(f"verify_results: {res.checked} tables in {len(files)} files; {res.differ} differ, {res.errors} errors"
           + (f", {res.rewritten} rewritten" if args.write else ""))
+    if res.without_provenance:
+        print(f"note: {len(res.without_provenance)} of the JSON files were written before results recorded their "
+              f"provenance (no \"provenance\" key): {', '.join(sorted(res.without_provenance))}")
     return 2 if res.errors else 1 if res.differ else 0
 
 
