@@ -76,11 +76,31 @@ def test_strided_inputs(triton_ready: torch.device) -> None:
     torch.testing.assert_close(out.cpu(), ref, atol=2e-6, rtol=1e-5)
 
 
-def test_package_gru_cell_dispatch_on_cpu_is_the_reference() -> None:
-    from sglang_domino import kernels
+def _gru_by_hand(x: torch.Tensor, h: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tensor) -> torch.Tensor:
+    """The bias-free GRU step written out (PyTorch's gate order r, z, n), in float64."""
+    x, h, w_ih, w_hh = (t.double() for t in (x, h, w_ih, w_hh))
+    i_r, i_z, i_n = (x @ w_ih.T).chunk(3, dim=-1)
+    h_r, h_z, h_n = (h @ w_hh.T).chunk(3, dim=-1)
+    r, z = torch.sigmoid(i_r + h_r), torch.sigmoid(i_z + h_z)
+    n = torch.tanh(i_n + r * h_n)
+    return (1 - z) * n + z * h
 
+
+def test_package_gru_cell_dispatch_on_cpu_is_the_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On CPU tensors the package's gru_cell computes the GRU step eagerly, never through the Triton kernel
+    (even where the interpreter is off and Triton imports)."""
+    from sglang_domino import kernels
+    from sglang_domino.kernels import triton_gru
+
+    def no_triton(*args):
+        raise AssertionError("the Triton GRU kernel was called for CPU tensors")
+
+    monkeypatch.setattr(triton_gru, "gru_cell", no_triton)
+    monkeypatch.setattr(triton_gru, "interpreter_active", lambda: False)
     n, hdim, g = 3, 16, 8
     cell = _cell(hdim, g, 5)
     x, h = torch.randn(n, hdim), torch.randn(n, g)
     w_ih, w_hh = cell.weight_ih.detach(), cell.weight_hh.detach()
-    assert torch.equal(kernels.gru_cell(x, h, w_ih, w_hh), kernels.gru_cell_eager(x, h, w_ih, w_hh))
+    out = kernels.gru_cell(x, h, w_ih, w_hh)
+    assert out.dtype == torch.float32 and out.shape == (n, g)
+    torch.testing.assert_close(out.double(), _gru_by_hand(x, h, w_ih, w_hh), atol=1e-6, rtol=1e-5)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import types
 
 import pytest
 import torch
@@ -90,6 +91,45 @@ def test_spawned_children_find_the_shim(tmp_path) -> None:
     assert res.stdout.strip().endswith(os.path.join("cpu_shim", "sgl_kernel.py")), res.stderr
 
 
-@pytest.mark.skipif(shim.real_sgl_kernel_present(), reason="a real sgl_kernel is installed")
-def test_real_sgl_kernel_absent_here() -> None:
-    assert not shim.real_sgl_kernel_present()
+@pytest.fixture
+def no_sgl_kernel_module(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """No ``sgl_kernel`` imported yet in this process; afterwards the entry is put back (or removed)."""
+    monkeypatch.setitem(sys.modules, shim.SHIM_MODULE_NAME, None)
+    del sys.modules[shim.SHIM_MODULE_NAME]
+    return monkeypatch
+
+
+def _fake_real_sgl_kernel(root) -> None:
+    """An importable ``sgl_kernel`` package that is not the shim (stands in for a real sgl-kernel install)."""
+    pkg = root / "sgl_kernel"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("REAL = True\n")
+
+
+def test_real_sgl_kernel_present_finds_an_importable_one(tmp_path, no_sgl_kernel_module) -> None:
+    assert not shim.real_sgl_kernel_present()  # this environment has none (the other tests rely on it)
+    _fake_real_sgl_kernel(tmp_path)
+    no_sgl_kernel_module.syspath_prepend(str(tmp_path))
+    assert shim.real_sgl_kernel_present()
+
+
+def test_real_sgl_kernel_present_does_not_count_the_shim(no_sgl_kernel_module) -> None:
+    no_sgl_kernel_module.syspath_prepend(shim.SHIM_DIR)  # importable, but it is the shim's own file
+    assert shim.real_sgl_kernel_present() is False
+
+
+def test_real_sgl_kernel_present_reads_an_imported_module_by_its_marker(no_sgl_kernel_module) -> None:
+    imported = types.ModuleType(shim.SHIM_MODULE_NAME)
+    no_sgl_kernel_module.setitem(sys.modules, shim.SHIM_MODULE_NAME, imported)
+    assert shim.real_sgl_kernel_present() is True
+    setattr(imported, shim.SHIM_MARKER, True)
+    assert shim.real_sgl_kernel_present() is False
+
+
+def test_install_leaves_a_real_sgl_kernel_alone(tmp_path, no_sgl_kernel_module) -> None:
+    _fake_real_sgl_kernel(tmp_path)
+    no_sgl_kernel_module.syspath_prepend(str(tmp_path))
+    no_sgl_kernel_module.setenv("SGLANG_USE_CPU_ENGINE", "1")
+    path_before = list(sys.path)
+    assert shim.install() is False
+    assert shim.SHIM_MODULE_NAME not in sys.modules and sys.path == path_before
