@@ -29,7 +29,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from loadgen import run_level  # noqa: E402
 
-from sglang_domino.plugin.draft_width import MAX_SPECULATIVE_BATCH_ENV  # noqa: E402
+from sglang_domino.settings import MAX_SPECULATIVE_BATCH_ENV, environment_settings  # noqa: E402
 from sglang_domino.rollout import draft_logits_dtype  # noqa: E402
 from serving import Server, load_payloads  # noqa: E402
 
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
                               "max_new_tokens": args.max_new_tokens, "threads": args.threads,
                               "block_size": args.block_size,
                               # the offline loop and the server resolve $SGLANG_DOMINO_DRAFT_LOGITS_DTYPE alike
-                              "draft_logits_dtype": str(draft_logits_dtype(torch.empty(0))).removeprefix("torch."),
+                              "draft_logits_dtype": str(draft_logits_dtype(torch.empty(0), environment_settings().draft_logits_dtype)).removeprefix("torch."),
                               "offline": offline_profile(target, draft, prompts, args.num_prompts,
                                                          args.max_new_tokens, args.threads, args.block_size)}
     if not args.no_server:

@@ -53,7 +53,7 @@ sys.path.insert(0, str(ROOT / "tests" / "server"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import sampling_stats as st  # noqa: E402
 
-from sglang_domino.plugin.draft_width import MAX_SPECULATIVE_BATCH_ENV  # noqa: E402
+from sglang_domino.settings import MAX_SPECULATIVE_BATCH_ENV  # noqa: E402
 from sglang_domino.resume import append_row, read_rows, start_rows  # noqa: E402
 from serving import Server as ServeProcess, free_port  # noqa: E402
 

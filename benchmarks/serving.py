@@ -31,10 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from loadgen import run_level  # noqa: E402
 
 from sglang_domino.evaluate import load_config_block_size  # noqa: E402
-from sglang_domino.kernels.cpu_linear import ENV_SWITCH as CPU_FAST_PATHS_ENV  # noqa: E402
-from sglang_domino.plugin.draft_width import MAX_SPECULATIVE_BATCH_ENV  # noqa: E402
 from sglang_domino.resume import append_row, read_rows, start_rows  # noqa: E402
-from sglang_domino.rollout import DRAFT_LOGITS_DTYPE_ENV  # noqa: E402
+from sglang_domino.settings import CPU_FAST_PATHS_ENV, DRAFT_LOGITS_DTYPE_ENV, MAX_SPECULATIVE_BATCH_ENV  # noqa: E402
 
 CONFIGS = ("plain", "domino", "backbone")
 ALWAYS = "domino_always"  # optional: Domino with the automatic switch-off disabled

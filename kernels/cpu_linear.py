@@ -11,7 +11,7 @@ rows against the [V, H] lm_head). Written as ``(W @ xᵀ)ᵀ`` MKL packs the sma
 fastest way found for one or two rows; from three rows on, oneDNN with a weight packed ahead of time (its blocked
 layout, made once per weight and kept) is faster at every size measured, prefill included. SmolLM2-135M's shapes
 (30 layers' linears + lm_head, float32, 2 threads, weights not in cache;
-``benchmarks/results/exploration/cpu_linear_gemm.{py,txt}``), ms per forward, F.linear / small / packed, on an
+``scripts/exploration/cpu_linear_gemm.{py,txt}``), ms per forward, F.linear / small / packed, on an
 AVX-512 machine: 1 row 50 / 22 / 30, 4 rows 67 / 30 / 24, 8 rows 63 / 63 / 29, 16 rows 76 / 65 / 37, 64 rows
 197 / 166 / 116, 512 rows 862 / 1,032 / 728; on an AVX2-only machine (2026-12-03): 1 row 45 / 22 / 25, 3 rows
 100 / 32 / 27, 4 rows 64 / 30 / 29, 16 rows 84 / 77 / 49. The lm_head alone ([49152, 576]) for the 3 draft rows
@@ -21,14 +21,13 @@ The result is the same product (float32, another summation order, as between any
 results do not depend on the other rows of the batch. A packed copy costs its weight's size again in memory.
 bfloat16 and other dtypes are left to ``F.linear`` (oneDNN handles small bf16 batches well), as is any device but
 CPU; without oneDNN weight packing in this torch build, :func:`small_batch_linear` covers up to
-:data:`MAX_SMALL_ROWS` rows. ``SGLANG_DOMINO_CPU_FAST_PATHS=0`` turns all of it off.
+:data:`MAX_SMALL_ROWS` rows. ``SGLANG_DOMINO_CPU_FAST_PATHS=0`` turns all of it off (:func:`configure`).
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-import os
 from typing import Any, Callable, Optional
 
 import torch
@@ -36,7 +35,6 @@ import torch.nn.functional as F
 
 logger = logging.getLogger(__name__)
 
-ENV_SWITCH = "SGLANG_DOMINO_CPU_FAST_PATHS"
 # Rows served by small_batch_linear when oneDNN packing is there (measured fastest for 1-2 rows) and when it is not.
 SMALL_ROWS = 2
 MAX_SMALL_ROWS = 32
@@ -46,28 +44,19 @@ PACK_HINT_ROWS = 32
 _PACKED_ATTR = "_domino_onednn_weight"
 
 
-def parse_switch(value: Optional[str]) -> bool:
-    """``SGLANG_DOMINO_CPU_FAST_PATHS``: unset/1/true/yes/on -> on, 0/false/no/off -> off, anything else ValueError."""
-    text = (value if value is not None else "1").strip().lower()
-    if text in ("1", "true", "yes", "on", ""):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"{ENV_SWITCH}={value!r}: expected 1 or 0")
+_enabled = True
 
 
-@functools.lru_cache(maxsize=1)
+def configure(enabled: bool) -> None:
+    """Turn the fast paths on or off for this process. SGLang processes: the plugin, from
+    ``$SGLANG_DOMINO_CPU_FAST_PATHS`` (:mod:`sglang_domino.settings`), when it loads; elsewhere they are on."""
+    global _enabled
+    _enabled = bool(enabled)
+
+
 def enabled() -> bool:
-    """Whether the CPU fast paths are on in this process (read once).
-
-    A bad value turns them off with an error in the log rather than failing a forward pass; a Domino server refuses
-    to start on it (:func:`sglang_domino.plugin.validate.check_drafting_env`).
-    """
-    try:
-        return parse_switch(os.environ.get(ENV_SWITCH))
-    except ValueError as exc:
-        logger.error("%s; CPU fast paths off", exc)
-        return False
+    """Whether the CPU fast paths are on in this process (:func:`configure`)."""
+    return _enabled
 
 
 def applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -186,6 +175,6 @@ def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return F.linear(x, weight) if out is None else out
 
 
-__all__ = ["ENV_SWITCH", "MAX_SMALL_ROWS", "SMALL_ROWS", "applies", "enabled", "fast_linear", "linear",
-           "onednn_packing_available", "packed_linear", "packed_weight", "parse_switch", "small_batch_linear",
+__all__ = ["MAX_SMALL_ROWS", "SMALL_ROWS", "applies", "configure", "enabled", "fast_linear", "linear",
+           "onednn_packing_available", "packed_linear", "packed_weight", "small_batch_linear",
            "weight_copy_key", "weight_owner"]

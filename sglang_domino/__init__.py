@@ -1,21 +1,38 @@
 """sglang-domino: Domino speculative decoding as an SGLang plugin.
 
 Model math: :mod:`.modeling` (drafter), :mod:`.rollout` (drafting), :mod:`.verify` (chain verification),
-:mod:`.sampling` (filtered distributions); checkpoint I/O: :mod:`.checkpoint`; SGLang glue: :mod:`.plugin`;
-kernels: :mod:`sglang_domino.kernels`; offline reference loop: :mod:`.offline`.
+:mod:`.sampling` (filtered distributions); checkpoint I/O: :mod:`.checkpoint`; settings: :mod:`.settings`;
+SGLang glue: :mod:`.plugin`; kernels: :mod:`sglang_domino.kernels`; offline reference loop: :mod:`.offline`.
+
+The names below are imported on first use (PEP 562), so ``import sglang_domino`` -- and the CLI's ``--help`` --
+does not import torch.
 """
 
-from sglang_domino.checkpoint import CheckpointError, load_drafter, save_drafter, validate_checkpoint
-from sglang_domino.config import DominoConfig, DominoConfigError
-from sglang_domino.modeling import DominoDrafter
-from sglang_domino.rollout import DraftBlock, draft_from_hidden, greedy_rollout, sampling_rollout
-from sglang_domino.sampling import SamplingParams, filtered_probs
-from sglang_domino.verify import VerifyResult, verify_greedy, verify_sampling
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "CheckpointError", "DominoConfig", "DominoConfigError", "DominoDrafter", "DraftBlock", "SamplingParams",
-    "VerifyResult", "draft_from_hidden", "filtered_probs", "greedy_rollout", "load_drafter", "sampling_rollout",
-    "save_drafter", "validate_checkpoint", "verify_greedy", "verify_sampling",
-]
+_EXPORTS = {
+    "CheckpointError": "checkpoint", "load_drafter": "checkpoint", "save_drafter": "checkpoint",
+    "validate_checkpoint": "checkpoint",
+    "DominoConfig": "config", "DominoConfigError": "config",
+    "DominoDrafter": "modeling",
+    "DraftBlock": "rollout", "draft_from_hidden": "rollout", "greedy_rollout": "rollout", "sampling_rollout": "rollout",
+    "SamplingParams": "sampling", "filtered_probs": "sampling",
+    "VerifyResult": "verify", "verify_greedy": "verify", "verify_sampling": "verify",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'sglang_domino' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"sglang_domino.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+__all__ = sorted(_EXPORTS)

@@ -22,7 +22,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
     from sglang_domino.evaluate import evaluate
+    from sglang_domino.settings import environment_settings
 
+    env = environment_settings()  # the server's switches are the defaults of their offline twins
     target, draft = args.target, args.draft
     if target is None or draft is None:
         from sglang_domino.embedded import prepare_embedded_pair
@@ -32,8 +34,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     result = evaluate(target, draft, args.prompts, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                       dtype=getattr(torch, args.dtype), limit=args.limit, workers=args.workers,
                       rows_path=args.json + ".rows.jsonl", block_size=args.block_size,
-                      draft_logits_dtype=args.draft_logits_dtype,
-                      draft_temperature_scale=args.draft_temperature_scale)
+                      draft_logits_dtype=args.draft_logits_dtype or env.draft_logits_dtype,
+                      draft_temperature_scale=(env.draft_temperature_scale if args.draft_temperature_scale is None
+                                               else args.draft_temperature_scale))
     with open(args.json, "w") as fh:
         json.dump(result, fh, indent=2)
     summary = {k: result[k] for k in ("num_prompts", "tau_domino", "tau_backbone", "tau_ratio", "tau_domino_point_mass",
@@ -92,9 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--block-size", type=int, default=None,
                    help="verify width: bonus + drafts per step (default: the drafter's block_size), as SGLang's "
                         "--speculative-num-draft-tokens")
-    p.add_argument("--draft-logits-dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+    p.add_argument("--draft-logits-dtype", default=None, choices=["auto", "float32", "bfloat16"],
                    help="precision of the drafting lm_head GEMM, as the server's $SGLANG_DOMINO_DRAFT_LOGITS_DTYPE "
-                        "(auto: bf16 for a float32 target where the device multiplies bf16 natively)")
+                        "(default: that, else auto: bf16 for a float32 target where the device multiplies bf16 "
+                        "natively)")
     p.add_argument("--draft-temperature-scale", type=float, default=None,
                    help="with --temperature T > 0, drafts are drawn at T × this scale and verified with their own "
                         "probabilities (lossless for any value > 0), as the server's "
@@ -105,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Training and serving register their own parsers (imported here, so their heavy imports stay lazy inside).
     from sglang_domino.server.launch import add_serve_parser
-    from sglang_domino.training.trainer import add_train_parser
+    from sglang_domino.training.cli import add_train_parser
 
     add_train_parser(sub)
     add_serve_parser(sub)
@@ -117,8 +121,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from sglang_domino.settings import SettingsError
+
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except SettingsError as exc:  # a bad SGLANG_DOMINO_* variable: one line, no traceback
+        print(f"sglang-domino: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

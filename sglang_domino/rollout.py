@@ -9,7 +9,6 @@ reference on CPU and the fused Triton / CUDA-graph path on CUDA; both give the s
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Optional
 
@@ -19,6 +18,7 @@ from sglang_domino import kernels
 from sglang_domino.hardware import cpu_has_bf16_units
 from sglang_domino.kernels import DominoHeadWeights, cpu_linear
 from sglang_domino.sampling import SamplingParams, SeededRows, filtered_probs, sample_from, seeded_choice
+from sglang_domino.settings import DEFAULT_DRAFT_TEMPERATURE_SCALE
 
 
 @dataclass
@@ -29,14 +29,12 @@ class DraftBlock:
     probs: Optional[torch.Tensor] = None
 
 
-# Precision of the drafting lm_head GEMM (base logits): auto | float32 | bfloat16 (see drafting_lm_head).
-DRAFT_LOGITS_DTYPE_ENV = "SGLANG_DOMINO_DRAFT_LOGITS_DTYPE"
 _DRAFT_LOGITS_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
-def draft_logits_dtype(lm_head_weight: torch.Tensor, choice: Optional[str] = None) -> torch.dtype:
-    """The dtype the drafting lm_head GEMM runs in: ``choice`` (default: ``$SGLANG_DOMINO_DRAFT_LOGITS_DTYPE``,
-    else ``auto``).
+def draft_logits_dtype(lm_head_weight: torch.Tensor, choice: str = "auto") -> torch.dtype:
+    """The dtype the drafting lm_head GEMM runs in: ``choice`` (a server's ``$SGLANG_DOMINO_DRAFT_LOGITS_DTYPE``,
+    :class:`sglang_domino.settings.EnvSettings`), ``auto`` by default.
 
     ``auto``: bf16 when the target's lm_head is float32 and the device multiplies bf16 natively (CUDA, or a CPU
     with AVX512-BF16/AMX), else the lm_head's own dtype. Why: the base-logit GEMM reads the whole [V, H] head
@@ -45,30 +43,25 @@ def draft_logits_dtype(lm_head_weight: torch.Tensor, choice: Optional[str] = Non
     its own precision, so the output is unchanged (lossless either way); a bf16 head can only flip a draft
     token where two logits nearly tie.
     """
-    choice = (choice or os.environ.get(DRAFT_LOGITS_DTYPE_ENV) or "auto").strip().lower()
+    choice = (choice or "auto").strip().lower()
     if choice in _DRAFT_LOGITS_DTYPES:
         return _DRAFT_LOGITS_DTYPES[choice]
     if choice != "auto":
-        raise ValueError(f"{DRAFT_LOGITS_DTYPE_ENV}={choice!r}: expected auto, float32 or bfloat16")
+        raise ValueError(f"draft logits dtype {choice!r}: expected auto, float32 or bfloat16")
     if lm_head_weight.dtype != torch.float32:
         return lm_head_weight.dtype
     fast_bf16 = lm_head_weight.device.type == "cuda" or (lm_head_weight.device.type == "cpu" and cpu_has_bf16_units())
     return torch.bfloat16 if fast_bf16 else torch.float32
 
 
-def drafting_lm_head(lm_head_weight: torch.Tensor, choice: Optional[str] = None) -> torch.Tensor:
+def drafting_lm_head(lm_head_weight: torch.Tensor, choice: str = "auto") -> torch.Tensor:
     """``lm_head_weight`` [V, H] in :func:`draft_logits_dtype` (a contiguous copy when the dtype changes)."""
     dtype = draft_logits_dtype(lm_head_weight, choice)
     return lm_head_weight if dtype == lm_head_weight.dtype else lm_head_weight.detach().to(dtype).contiguous()
 
 
-# Draft distribution at temperature T > 0: the filtered softmax of the corrected logits at T × this scale.
-DRAFT_TEMPERATURE_SCALE_ENV = "SGLANG_DOMINO_DRAFT_TEMPERATURE_SCALE"
-DEFAULT_DRAFT_TEMPERATURE_SCALE = 0.6
-
-
 def resolve_draft_temperature_scale(choice: Optional[float] = None) -> float:
-    """The draft temperature scale s: ``choice``, else ``$SGLANG_DOMINO_DRAFT_TEMPERATURE_SCALE``, else 0.6.
+    """The draft temperature scale s: ``choice`` (a server's ``$SGLANG_DOMINO_DRAFT_TEMPERATURE_SCALE``), else 0.6.
 
     At temperature T each draft slot is drawn from q = filtered softmax(logits / (T·s)) and verified with q's
     own probabilities, so the output distribution is the target's for every s > 0 (lossless). What s changes is
@@ -76,17 +69,12 @@ def resolve_draft_temperature_scale(choice: Optional[float] = None) -> float:
     drafts verified as point masses (upstream SGLang's rule). A drafter that is less certain than the target
     gains from a sharper q: with drafter v4 at T = 0.7, τ was 1.28 at s = 1, 1.28 for point masses, 1.36 at
     s = 0.6 and 1.32 at s = 0.35 (16 held-out prompts × 2 seeds,
-    ``benchmarks/results/exploration/draft_temperature_sweep_v4_t07.py``).
+    ``scripts/exploration/draft_temperature_sweep_v4_t07.py``).
     """
     if choice is None:
-        raw = os.environ.get(DRAFT_TEMPERATURE_SCALE_ENV, "").strip()
-        try:
-            choice = float(raw) if raw else DEFAULT_DRAFT_TEMPERATURE_SCALE
-        except ValueError:
-            raise ValueError(f"{DRAFT_TEMPERATURE_SCALE_ENV}={raw!r}: expected a number > 0") from None
+        return DEFAULT_DRAFT_TEMPERATURE_SCALE
     if not (0.0 < float(choice) < float("inf")):
-        raise ValueError(f"draft temperature scale must be a finite number > 0, got {choice!r} "
-                         f"(${DRAFT_TEMPERATURE_SCALE_ENV} or --draft-temperature-scale)")
+        raise ValueError(f"draft temperature scale must be a finite number > 0, got {choice!r}")
     return float(choice)
 
 
@@ -152,7 +140,7 @@ def draft_from_hidden(
         head: Domino head tensors, or None for base logits only (plain DFlash).
         sampling: None = greedy; otherwise each slot is drawn from the filtered softmax of its corrected logits
             at the request's temperature × ``draft_temperature_scale`` (:func:`resolve_draft_temperature_scale`; None =
-            ``$SGLANG_DOMINO_DRAFT_TEMPERATURE_SCALE`` or the default), returned as ``probs`` for verification.
+            the default), returned as ``probs`` for verification.
         seeded: rows whose drafts a seed fixes (sampling only; see :func:`make_sampling_selector`).
     """
     z = proposal_hidden(draft_hidden, shift_label)

@@ -54,10 +54,14 @@ def one_thread():
 
 @pytest.fixture
 def fresh_cpu_fast_paths_switch(monkeypatch):
-    """$SGLANG_DOMINO_CPU_FAST_PATHS unset and its cached reading cleared, before and after the test."""
+    """The CPU fast paths on (their default), $SGLANG_DOMINO_CPU_FAST_PATHS unset and this process's settings
+    read afresh, before and after the test."""
     from sglang_domino.kernels import cpu_linear
+    from sglang_domino.settings import CPU_FAST_PATHS_ENV, environment_settings
 
-    monkeypatch.delenv(cpu_linear.ENV_SWITCH, raising=False)
-    cpu_linear.enabled.cache_clear()
+    monkeypatch.delenv(CPU_FAST_PATHS_ENV, raising=False)
+    environment_settings.cache_clear()
+    cpu_linear.configure(True)
     yield
-    cpu_linear.enabled.cache_clear()
+    environment_settings.cache_clear()
+    cpu_linear.configure(True)

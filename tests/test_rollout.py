@@ -119,19 +119,21 @@ def test_sampled_drafts_come_from_the_scaled_temperature() -> None:
         sampling_rollout(drafter, draft_hidden, bonus, embedding.weight, lm_head, params, draft_temperature_scale=0.0)
 
 
-def test_draft_temperature_scale_resolution(monkeypatch) -> None:
+def test_draft_temperature_scale_resolution() -> None:
     from sglang_domino import rollout
+    from sglang_domino.settings import DRAFT_TEMPERATURE_SCALE_ENV, EnvSettings, SettingsError
 
-    monkeypatch.delenv(rollout.DRAFT_TEMPERATURE_SCALE_ENV, raising=False)
-    assert rollout.resolve_draft_temperature_scale() == rollout.DEFAULT_DRAFT_TEMPERATURE_SCALE
+    assert rollout.resolve_draft_temperature_scale() == 0.6
     assert rollout.resolve_draft_temperature_scale(1.0) == 1.0
-    monkeypatch.setenv(rollout.DRAFT_TEMPERATURE_SCALE_ENV, "0.8")
-    assert rollout.resolve_draft_temperature_scale() == 0.8  # the server's switch
-    assert rollout.resolve_draft_temperature_scale(0.5) == 0.5  # an explicit choice wins
-    for bad in ("nan", "-1", "inf"):
-        monkeypatch.setenv(rollout.DRAFT_TEMPERATURE_SCALE_ENV, bad)
-        with pytest.raises(ValueError):
-            rollout.resolve_draft_temperature_scale()
+    for bad in (0.0, -1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="finite number > 0"):
+            rollout.resolve_draft_temperature_scale(bad)
+    # The server's switch, parsed once per process by sglang_domino.settings.
+    assert EnvSettings.from_environ({}).draft_temperature_scale == 0.6
+    assert EnvSettings.from_environ({DRAFT_TEMPERATURE_SCALE_ENV: " 0.8 "}).draft_temperature_scale == 0.8
+    for bad in ("nan", "-1", "inf", "0", "sharp"):
+        with pytest.raises(SettingsError, match=f"{DRAFT_TEMPERATURE_SCALE_ENV}='{bad}'"):
+            EnvSettings.from_environ({DRAFT_TEMPERATURE_SCALE_ENV: bad})
 
 
 def test_sampling_rollout_at_temperature_zero_is_greedy() -> None:
@@ -154,20 +156,22 @@ def test_rollout_rejects_bad_shapes() -> None:
 
 def test_draft_logits_dtype_choices(monkeypatch) -> None:
     from sglang_domino import rollout
+    from sglang_domino.settings import DRAFT_LOGITS_DTYPE_ENV, EnvSettings, SettingsError
 
     fp32, bf16 = torch.zeros(4, 2), torch.zeros(4, 2, dtype=torch.bfloat16)
-    monkeypatch.delenv(rollout.DRAFT_LOGITS_DTYPE_ENV, raising=False)
     assert rollout.draft_logits_dtype(fp32, "float32") == torch.float32
     assert rollout.draft_logits_dtype(fp32, "bfloat16") == torch.bfloat16
     assert rollout.draft_logits_dtype(bf16, "auto") == torch.bfloat16  # a bf16 head is never upcast by auto
     for has_units, expected in ((True, torch.bfloat16), (False, torch.float32)):
         monkeypatch.setattr(rollout, "cpu_has_bf16_units", lambda: has_units)
-        assert rollout.draft_logits_dtype(fp32) == expected  # no choice, no env: auto
-    monkeypatch.setenv(rollout.DRAFT_LOGITS_DTYPE_ENV, "float32")
-    assert rollout.draft_logits_dtype(fp32) == torch.float32  # the env var is the server's switch
-    monkeypatch.setenv(rollout.DRAFT_LOGITS_DTYPE_ENV, "fp8")
-    with pytest.raises(ValueError, match="SGLANG_DOMINO_DRAFT_LOGITS_DTYPE='fp8'"):
-        rollout.draft_logits_dtype(fp32)
+        assert rollout.draft_logits_dtype(fp32) == expected  # no choice: auto
+    with pytest.raises(ValueError, match="'fp8'"):
+        rollout.draft_logits_dtype(fp32, "fp8")
+    # The server's switch, parsed once per process by sglang_domino.settings.
+    assert EnvSettings.from_environ({DRAFT_LOGITS_DTYPE_ENV: " Float32"}).draft_logits_dtype == "float32"
+    assert EnvSettings.from_environ({}).draft_logits_dtype == "auto"
+    with pytest.raises(SettingsError, match="SGLANG_DOMINO_DRAFT_LOGITS_DTYPE='fp8'"):
+        EnvSettings.from_environ({DRAFT_LOGITS_DTYPE_ENV: "fp8"})
 
 
 def test_bf16_drafting_head_gives_float32_logits_to_the_correction() -> None:

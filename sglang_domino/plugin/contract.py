@@ -42,8 +42,8 @@ CONTRACT: tuple[Requirement, ...] = (
                 ("supports_overlap", "validate_server_args", "spec_class")),
     Requirement("sglang.srt.speculative.spec_info", "SpeculativeAlgorithm.create_future_map",
                 "DominoSpecAlgo delegates the FutureMap to the builtin"),
-    Requirement("sglang.srt.speculative.spec_registry", "CustomSpecAlgo", "base of DominoSpecAlgo"),
-    Requirement("sglang.srt.speculative.spec_registry", "get_spec", "idempotent registration"),
+    Requirement("sglang.srt.speculative.spec_info", "CustomSpecAlgo", "base of DominoSpecAlgo"),
+    Requirement("sglang.srt.speculative.spec_info", "SpeculativeAlgorithm.from_string", "idempotent registration"),
     Requirement("sglang.srt.plugins.hook_registry", "HookRegistry.register", "registers the hooks"),
     Requirement("sglang.srt.plugins.hook_registry", "HookType.AROUND", "hook type of every hook"),
     # --- the worker we subclass and the methods we override / rely on
@@ -191,4 +191,25 @@ def check_contract(requirements: tuple[Requirement, ...] = CONTRACT) -> None:
                                 f"{', '.join(unread)} ({req.why}); {pin}")
 
 
-__all__ = ["CONTRACT", "ContractError", "PINNED_SGLANG_VERSION", "Requirement", "check_contract", "sglang_version"]
+_failure: Optional[ContractError] = None  # this process's result, kept by check_contract_once
+
+
+def check_contract_once() -> Optional[ContractError]:
+    """:func:`check_contract` in this process (the plugin's ``register``), its failure kept for
+    :func:`contract_error` rather than raised: SGLang's ``load_plugins`` swallows a plugin's exceptions."""
+    global _failure
+    try:
+        check_contract()
+        _failure = None
+    except ContractError as exc:
+        _failure = exc
+    return _failure
+
+
+def contract_error() -> Optional[ContractError]:
+    """The contract check's failure in this process, if any (``validate_server_args`` refuses to start on it)."""
+    return _failure
+
+
+__all__ = ["CONTRACT", "ContractError", "PINNED_SGLANG_VERSION", "Requirement", "check_contract",
+           "check_contract_once", "contract_error", "sglang_version"]

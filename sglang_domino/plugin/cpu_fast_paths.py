@@ -5,12 +5,12 @@
    through oneDNN with the weight packed once per layer (why and measured costs: that module).
 2. torch_native *decode* attention gathering each request's keys with ``index_select`` (:func:`sdpa_decode`):
    the same attention as upstream's ``_run_sdpa_forward_decode``; see
-   :func:`sglang_domino.plugin.hooks.sdpa_new_tokens_only`, which the verify and draft extends use (both loop
-   through :func:`~sglang_domino.plugin.hooks.sdpa_over_requests`).
+   :func:`sglang_domino.plugin.attention.sdpa_new_tokens_only`, which the verify and draft extends use (both
+   loop through :func:`~sglang_domino.plugin.attention.sdpa_over_requests`).
 
 Both are installed for plain servers too, so a benchmark compares plain, backbone and Domino servers on the same
 kernels. ``SGLANG_DOMINO_CPU_FAST_PATHS=0`` turns both off (upstream's code runs unchanged), and with them the
-same kernels in Domino's drafting.
+same kernels in Domino's drafting; the plugin applies it when it loads (:func:`configure_from_environment`).
 
 The packed copies cost the weights' size again in memory (540 MB for SmolLM2-135M in float32), and while one
 exists SGLang refuses online weight updates (which write through ``param.data``, invisible to any check) with a
@@ -25,14 +25,15 @@ from typing import Any, Optional
 import torch
 
 from sglang_domino.kernels import cpu_linear
-from sglang_domino.kernels.cpu_linear import ENV_SWITCH, enabled, parse_switch  # noqa: F401  (re-exported)
+from sglang_domino.plugin.attention import sdpa_over_requests
+from sglang_domino.settings import CPU_FAST_PATHS_ENV
 
 logger = logging.getLogger(__name__)
 
 DERIVED_WEIGHT_ERROR_ATTR = "_derived_weight_cache_error"  # read by SGLang's weight updater (contract)
 PACKED_WEIGHTS_REFUSAL = (
     f"Online weight updates are not supported while the Domino plugin's CPU fast paths keep oneDNN-packed copies "
-    f"of the float32 weights (they would keep the old values); restart the server with {ENV_SWITCH}=0 to use "
+    f"of the float32 weights (they would keep the old values); restart the server with {CPU_FAST_PATHS_ENV}=0 to use "
     f"online weight updates.")
 
 
@@ -126,14 +127,12 @@ def sdpa_decode(original, self, query, output, k_cache, v_cache, req_to_token, r
 
     Upstream gathers each request's keys with ``k_cache[slots]``; in a busy CPU scheduler that gather cost about
     twice the attention itself (py-spy, 2026-12-03). This is the same SDPA over the same keys (decode is an
-    extend of one token after ``seq_len - 1`` cached ones) through :func:`~.hooks.sdpa_over_requests`.
+    extend of one token after ``seq_len - 1`` cached ones) through :func:`~.attention.sdpa_over_requests`.
     Encoder/cross attention and sliding windows stay upstream's.
     """
     plain = (not args and not kwargs and encoder_lens is None and not is_cross_attn
              and (sliding_window_size is None or sliding_window_size < 0))
-    if plain and query.device.type == "cpu" and enabled():
-        from sglang_domino.plugin.hooks import sdpa_over_requests
-
+    if plain and query.device.type == "cpu" and cpu_linear.enabled():
         requests = ((1, total, total - 1, pool_row)
                     for total, pool_row in zip(seq_lens.tolist(), req_pool_indices.tolist()))
         return sdpa_over_requests(query, output, k_cache, v_cache, req_to_token, requests, scaling=scaling,
@@ -141,3 +140,17 @@ def sdpa_decode(original, self, query, output, k_cache, v_cache, req_to_token, r
     return original(self, query, output, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens, encoder_lens,
                     scaling=scaling, enable_gqa=enable_gqa, causal=causal, is_cross_attn=is_cross_attn,
                     sliding_window_size=sliding_window_size, *args, **kwargs)
+
+
+def configure_from_environment() -> None:
+    """Apply ``$SGLANG_DOMINO_CPU_FAST_PATHS`` (:mod:`sglang_domino.settings`) in this process. A bad value turns
+    the fast paths off with an error in the log -- plain servers keep serving; a Domino server refuses to start
+    on it (:mod:`.validate`)."""
+    from sglang_domino.settings import SettingsError, environment_settings
+
+    try:
+        on = environment_settings().cpu_fast_paths
+    except SettingsError as exc:
+        logger.error("%s; CPU fast paths off", exc)
+        on = False
+    cpu_linear.configure(on)

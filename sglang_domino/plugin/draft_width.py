@@ -34,14 +34,14 @@ worker time) against width 4's 1.57 per 94 ms (16.6) and plain width's 1 per 58.
 
 from __future__ import annotations
 
-import os
 import statistics
 import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Union
 
-MAX_SPECULATIVE_BATCH_ENV = "SGLANG_DOMINO_MAX_SPECULATIVE_BATCH"
+from sglang_domino.settings import MAX_SPECULATIVE_BATCH_ENV, parse_max_speculative_batch
+
 
 # DFlashWorkerV2 (sglang 0.5.23) attributes whose shape follows the block width: the width itself, the block
 # position offsets [B], the draft block's spec info (draft_token_num = B) and the [cap, B] / [cap] block buffers
@@ -63,22 +63,20 @@ WIDTH_ATTRS: tuple[str, ...] = (
 ADAPTIVE = "adaptive"
 
 
-def _setting(raw: Optional[str]) -> str:
-    return (raw if raw is not None else os.environ.get(MAX_SPECULATIVE_BATCH_ENV, "")).strip().lower()
+def is_default_setting(setting: str) -> bool:
+    """Whether the setting (:attr:`sglang_domino.settings.EnvSettings.max_speculative_batch`) is the default
+    (``auto``) rather than the user's explicit choice."""
+    return setting.strip().lower() in ("", "auto")
 
 
-def is_default_setting(raw: Optional[str] = None) -> bool:
-    """Whether the setting is the default (unset or ``auto``) rather than the user's explicit choice."""
-    return _setting(raw) in ("", "auto")
-
-
-def resolve_max_speculative_batch(device_type: str, raw: Optional[str] = None) -> Union[None, int, str]:
-    """The draft-width setting from ``raw`` or ``$SGLANG_DOMINO_MAX_SPECULATIVE_BATCH``: None = always draft, an
-    integer N = draft while a decode batch has at most N requests, :data:`ADAPTIVE` = measure (CPU only).
+def resolve_max_speculative_batch(device_type: str, setting: str = "auto") -> Union[None, int, str]:
+    """The draft-width rule of ``setting`` (``$SGLANG_DOMINO_MAX_SPECULATIVE_BATCH`` as
+    :mod:`sglang_domino.settings` parsed it) on ``device_type``: None = always draft, an integer N = draft while a
+    decode batch has at most N requests, :data:`ADAPTIVE` = measure (CPU only).
 
     Raises ValueError naming the variable on anything but ``auto``, ``adaptive``, ``none`` or an integer >= 1, and
     on ``adaptive`` for a device other than the CPU (its step times would need a device synchronisation)."""
-    value = _setting(raw)
+    value = parse_max_speculative_batch(setting)
     if is_default_setting(value):
         return ADAPTIVE if device_type == "cpu" else None
     if value == "none":
@@ -88,14 +86,7 @@ def resolve_max_speculative_batch(device_type: str, raw: Optional[str] = None) -
             raise ValueError(f"{MAX_SPECULATIVE_BATCH_ENV}=adaptive times steps on the host, which needs a synchronous "
                              f"device (CPU); on {device_type} use none or an integer")
         return ADAPTIVE
-    try:
-        limit = int(value)
-    except ValueError:
-        limit = 0
-    if limit < 1:
-        raise ValueError(f"{MAX_SPECULATIVE_BATCH_ENV}={value!r}: expected auto, adaptive, none or an integer >= 1 "
-                         "(the largest decode batch that drafts)")
-    return limit
+    return int(value)
 
 
 def step_width(batch_size: int, block_size: int, max_speculative_batch: Optional[int]) -> int:
@@ -310,13 +301,13 @@ def _width_name(width: int) -> str:
     return "plain width" if width == 1 else f"width {width}"
 
 
-def width_rule(device_type: str, full_width: int, raw: Optional[str] = None) -> Union[FixedWidthRule,
-                                                                                       MeasuredWidthChoice]:
+def width_rule(device_type: str, full_width: int, setting: str = "auto") -> Union[FixedWidthRule,
+                                                                                    MeasuredWidthChoice]:
     """The worker's rule for the width of each decode step, from :func:`resolve_max_speculative_batch`."""
-    setting = resolve_max_speculative_batch(device_type, raw)
-    if setting == ADAPTIVE:
+    resolved = resolve_max_speculative_batch(device_type, setting)
+    if resolved == ADAPTIVE:
         return MeasuredWidthChoice(full_width)
-    return FixedWidthRule(full_width, setting)  # type: ignore[arg-type]
+    return FixedWidthRule(full_width, resolved)  # type: ignore[arg-type]
 
 
 class WidthStates:

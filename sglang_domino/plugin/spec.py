@@ -14,7 +14,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from sglang.srt.speculative.spec_registry import CustomSpecAlgo
+# The public names (spec_info re-exports CustomSpecAlgo; spec_registry asks plugins to use the classmethod API).
+from sglang.srt.speculative.spec_info import CustomSpecAlgo, SpeculativeAlgorithm
 
 logger = logging.getLogger(__name__)
 
@@ -57,10 +58,9 @@ class DominoSpecAlgo(CustomSpecAlgo):
 
     # --- server args: upstream _handle_dflash minus its device check
     def handle_server_args(self, server_args: Any) -> None:
-        from sglang_domino.config import DominoConfig
-        from sglang_domino.plugin.validate import resolve_block_size
+        from sglang_domino.plugin.validate import check_drafter_checkpoint, resolve_block_size
 
-        config = DominoConfig.from_pretrained(server_args.speculative_draft_model_path)
+        config = check_drafter_checkpoint(server_args.speculative_draft_model_path)  # read once per process
         block_size = resolve_block_size(server_args, config)
         if server_args.speculative_num_steps not in (None, 1):
             logger.warning("DOMINO drafts one block per step; overriding speculative_num_steps=%s to 1",
@@ -83,11 +83,11 @@ def worker_factory(server_args: Any):
 
 def register_algorithm() -> bool:
     """Register DOMINO once per process; True when this call registered it."""
-    from sglang.srt.speculative.spec_info import SpeculativeAlgorithm
-    from sglang.srt.speculative.spec_registry import get_spec
-
-    if get_spec(ALGORITHM_NAME) is not None:
-        return False
+    try:
+        SpeculativeAlgorithm.from_string(ALGORITHM_NAME)
+        return False  # registered already
+    except ValueError:
+        pass
     from sglang_domino.plugin.validate import validate_server_args
 
     SpeculativeAlgorithm.register(

@@ -12,8 +12,9 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from sglang_domino.checkpoint import CheckpointError, validate_checkpoint
+from sglang_domino.checkpoint import CheckpointError
 from sglang_domino.config import DominoConfig, DominoConfigError
+from sglang_domino.settings import EnvSettings, drafter_config
 
 logger = logging.getLogger(__name__)
 
@@ -71,39 +72,32 @@ def resolve_block_size(args: Any, config: DominoConfig) -> int:
 
 
 def check_drafter_checkpoint(draft_path: Optional[str]) -> DominoConfig:
-    """The drafter checkpoint on its own: present, complete, shapes consistent with its config."""
+    """The drafter checkpoint on its own: present, complete, shapes consistent with its config (read once per
+    process: :func:`sglang_domino.settings.drafter_config`)."""
     if not draft_path:
         raise DominoServerArgsError("--speculative-algorithm domino requires --speculative-draft-model-path")
     try:
-        return validate_checkpoint(draft_path)
+        return drafter_config(draft_path)
     except (CheckpointError, DominoConfigError) as exc:
         raise DominoServerArgsError(f"drafter {draft_path}: {exc}") from None
 
 
-def check_drafting_env(device_type: str = "cpu") -> None:
-    """The worker's environment switches ($SGLANG_DOMINO_DRAFT_LOGITS_DTYPE, $SGLANG_DOMINO_DRAFT_TEMPERATURE_SCALE,
-    $SGLANG_DOMINO_CPU_FAST_PATHS, $SGLANG_DOMINO_MAX_SPECULATIVE_BATCH), checked before any process starts so a typo is one line at launch, not a
-    scheduler traceback."""
-    import os
-
-    import torch
-
-    from sglang_domino.kernels.cpu_linear import ENV_SWITCH, parse_switch
+def check_environment(device_type: str = "cpu") -> EnvSettings:
+    """Every ``SGLANG_DOMINO_*`` variable (:mod:`sglang_domino.settings`), checked before any process starts so a
+    typo is one line at launch, not a scheduler traceback; also what this device cannot do with them."""
     from sglang_domino.plugin.draft_width import resolve_max_speculative_batch
-    from sglang_domino.rollout import draft_logits_dtype, resolve_draft_temperature_scale
 
     try:
-        draft_logits_dtype(torch.empty(0))
-        resolve_draft_temperature_scale()
-        parse_switch(os.environ.get(ENV_SWITCH))
-        resolve_max_speculative_batch(device_type)
+        env = EnvSettings.from_environ()
+        resolve_max_speculative_batch(device_type, env.max_speculative_batch)
     except ValueError as exc:
         raise DominoServerArgsError(str(exc)) from None
+    return env
 
 
 def validate_server_args(args: Any) -> DominoConfig:
     """All checks; returns the drafter config. ``args`` is SGLang's ServerArgs (or its resolving stand-in)."""
-    from sglang_domino.plugin import contract_error
+    from sglang_domino.plugin.contract import contract_error
 
     err = contract_error()
     if err is not None:
@@ -112,7 +106,7 @@ def validate_server_args(args: Any) -> DominoConfig:
     import torch
 
     device = str(_get(args, "device") or ("cuda" if torch.cuda.is_available() else "cpu"))
-    check_drafting_env(device.split(":")[0])
+    check_environment(device.split(":")[0])
     draft_path = _get(args, "speculative_draft_model_path")
     config = check_drafter_checkpoint(draft_path)
 
@@ -158,4 +152,4 @@ def validate_server_args(args: Any) -> DominoConfig:
     return config
 
 
-__all__ = ["DominoServerArgsError", "check_drafter_checkpoint", "TargetInfo", "load_target_info", "resolve_block_size", "validate_server_args"]
+__all__ = ["DominoServerArgsError", "check_drafter_checkpoint", "check_environment", "TargetInfo", "load_target_info", "resolve_block_size", "validate_server_args"]

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 from typing import Any, Optional
@@ -49,11 +48,9 @@ from sglang.srt.speculative.dflash_worker_v2 import (
 )
 from sglang.srt.speculative.draft_worker_common import build_block_pos_offsets, make_draft_block_spec_info
 
-from sglang_domino.config import DominoConfig
 from sglang_domino.kernels import DominoHeadWeights, cpu_linear
 from sglang_domino.plugin import cpu_fast_paths
 from sglang_domino.plugin.draft_width import (
-    MAX_SPECULATIVE_BATCH_ENV,
     WIDTH_ATTRS,
     FixedWidthRule,
     WidthStates,
@@ -61,22 +58,13 @@ from sglang_domino.plugin.draft_width import (
     width_rule,
 )
 from sglang_domino.plugin.hooks import SEEDS_ATTR, domino_worker_scope
-from sglang_domino.rollout import (
-    DRAFT_LOGITS_DTYPE_ENV,
-    draft_from_hidden,
-    draft_logits_dtype,
-    drafting_lm_head,
-    resolve_draft_temperature_scale,
-)
+from sglang_domino.rollout import draft_from_hidden, draft_logits_dtype, drafting_lm_head
 from sglang_domino.sampling import SamplingParams, SeededRows, sampling_params_from_batch
+from sglang_domino.settings import DRAFT_LOGITS_DTYPE_ENV, MAX_SPECULATIVE_BATCH_ENV, DominoSettings, server_settings
 from sglang_domino.verify import VerifyResult, accepted_prefix_len, verify_greedy, verify_sampling, verify_seeded
 
 logger = logging.getLogger(__name__)
 
-# Debug/test hook: one JSON line per verified request-block (rid, position, bonus, drafts, accept_len).
-DRAFT_LOG_ENV = "SGLANG_DOMINO_DRAFT_LOG"
-# One JSON line per decode step: batch size, width, committed tokens, worker seconds (what the adaptive rule sees).
-STEP_LOG_ENV = "SGLANG_DOMINO_STEP_LOG"
 
 
 class _DominoProposer:
@@ -122,8 +110,9 @@ class DominoWorker(DFlashWorkerV2):
                              target_worker=target_worker)
         from sglang.srt.arg_groups.overrides import resolving_view
 
-        draft_path = resolving_view(server_args).speculative_draft_model_path
-        self.domino_config = DominoConfig.from_pretrained(draft_path)
+        # Every Domino setting, resolved once in this process (drafter checkpoint + SGLANG_DOMINO_* variables).
+        self.settings: DominoSettings = server_settings(resolving_view(server_args).speculative_draft_model_path)
+        self.domino_config = self.settings.drafter
         # Route drafting through _propose_selector_block; upstream's own Domino rollout must never run.
         self._is_domino = False
         self.selector = DOMINO_PROPOSER
@@ -138,25 +127,26 @@ class DominoWorker(DFlashWorkerV2):
             for layer in self.draft_model.layers:
                 if getattr(layer.self_attn, "use_table_qk_norm_rope", False):
                     layer.self_attn.use_table_qk_norm_rope = False
-        self._draft_log_path = os.environ.get(DRAFT_LOG_ENV) or None
-        self._log_lock = threading.Lock()  # the draft and step logs
-        self._step_log_path = os.environ.get(STEP_LOG_ENV) or None
+        # Debug/test logs: one JSON line per verified request-block (rid, position, bonus, drafts, accept_len,
+        # sampling parameters) / per decode step (batch size, width, committed tokens, worker seconds).
+        self._draft_log_path = self.settings.env.draft_log
+        self._step_log_path = self.settings.env.step_log
+        self._log_lock = threading.Lock()
         # Upstream casts the block embeddings to bf16 before every draft forward; keep the draft's own dtype
         # (fp32 serving) -- see hooks._extend_forward_kwargs.
         self.draft_model_runner.domino_keep_input_embeds_dtype = True
         # (the sliced head it was made from, its weight_copy_key, the drafting copy)
         self._drafting_lm_head: Optional[tuple[torch.Tensor, tuple, torch.Tensor]] = None
-        # Resolved once: a bad $SGLANG_DOMINO_DRAFT_TEMPERATURE_SCALE stops the server at start, not mid-request.
-        self._draft_temperature_scale = resolve_draft_temperature_scale()
+        self._draft_temperature_scale = self.settings.env.draft_temperature_scale
         self._widths = WidthStates(self, self._fresh_width_state)
         device_type = torch.device(self.device).type
-        self._width_rule = width_rule(device_type, self._widths.full_width)
+        self._width_rule = width_rule(device_type, self._widths.full_width, self.settings.env.max_speculative_batch)
         self._step_commit_lens: Optional[torch.Tensor] = None  # [bs] tokens the current step commits
         runner = getattr(self.target_worker.model_runner, "decode_cuda_graph_runner", None)
         if runner is not None and device_type == "cpu" and not self._width_rule.always_drafts:
             # The CPU graph runner keys its graphs on the batch size only: it would replay a width-B verify
             # graph for a plain-width step.
-            if not is_default_setting():
+            if not is_default_setting(self.settings.env.max_speculative_batch):
                 raise RuntimeError(
                     f"Domino: {MAX_SPECULATIVE_BATCH_ENV} (plain-width steps for large batches) cannot be combined "
                     f"with CPU graphs (--enable-torch-compile); set {MAX_SPECULATIVE_BATCH_ENV}=none")
@@ -164,7 +154,7 @@ class DominoWorker(DFlashWorkerV2):
         head = self.domino_head()
         target_lm_head_module = unwrap_lora_layer(self.target_worker.model_runner.model.lm_head)
         target_lm_head = target_lm_head_module.weight
-        drafting_dtype = draft_logits_dtype(target_lm_head)
+        drafting_dtype = draft_logits_dtype(target_lm_head, self.settings.env.draft_logits_dtype)
         if drafting_dtype != target_lm_head.dtype:
             refuse_online_weight_updates(target_lm_head_module, drafting_dtype)
         elif cpu_linear.applies(target_lm_head[:1].detach(), target_lm_head.detach()) and cpu_linear.enabled():
@@ -208,7 +198,7 @@ class DominoWorker(DFlashWorkerV2):
         weight = lm_head.weight[:vocab]
         key = cpu_linear.weight_copy_key(weight)
         if self._drafting_lm_head is None or self._drafting_lm_head[1] != key:
-            self._drafting_lm_head = (weight, key, drafting_lm_head(weight))
+            self._drafting_lm_head = (weight, key, drafting_lm_head(weight, self.settings.env.draft_logits_dtype))
         return embed.weight[:vocab], self._drafting_lm_head[2]
 
     # ------------------------------------------------------------- overrides
@@ -398,4 +388,4 @@ def _no_draft_forward(forward_batch, *args, **kwargs) -> _NoDraftOutput:
     return _NoDraftOutput()
 
 
-__all__ = ["DOMINO_PROPOSER", "DRAFT_LOG_ENV", "STEP_LOG_ENV", "DominoWorker", "sampling_params_from_batch"]
+__all__ = ["DOMINO_PROPOSER", "DominoWorker", "sampling_params_from_batch"]

@@ -10,8 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from sglang_domino.kernels import cpu_linear
-from sglang_domino.kernels.cpu_linear import (MAX_SMALL_ROWS, applies, fast_linear, linear, packed_linear,
-                                              parse_switch, small_batch_linear)
+from sglang_domino.kernels.cpu_linear import MAX_SMALL_ROWS, applies, fast_linear, linear, packed_linear, small_batch_linear
+from sglang_domino.plugin.cpu_fast_paths import configure_from_environment
+from sglang_domino.settings import CPU_FAST_PATHS_ENV, SettingsError, environment_settings, parse_switch
 
 
 pytestmark = pytest.mark.usefixtures("fresh_cpu_fast_paths_switch")
@@ -82,13 +83,15 @@ def test_fast_linear_picks_the_path_by_rows(monkeypatch) -> None:
 
 @pytest.mark.parametrize("value, expected", [(None, True), ("1", True), ("on", True), ("0", False), ("off", False)])
 def test_switch_values(value, expected: bool) -> None:
-    assert parse_switch(value) is expected
+    assert parse_switch(CPU_FAST_PATHS_ENV, value) is expected
 
 
 def test_bad_switch_turns_paths_off_instead_of_failing_a_forward(monkeypatch) -> None:
-    with pytest.raises(ValueError, match="SGLANG_DOMINO_CPU_FAST_PATHS='maybe'"):
-        parse_switch("maybe")
-    monkeypatch.setenv(cpu_linear.ENV_SWITCH, "maybe")
+    with pytest.raises(SettingsError, match="SGLANG_DOMINO_CPU_FAST_PATHS='maybe'"):
+        parse_switch(CPU_FAST_PATHS_ENV, "maybe")
+    monkeypatch.setenv(CPU_FAST_PATHS_ENV, "maybe")
+    assert cpu_linear.enabled() is True
+    configure_from_environment()  # what the plugin does in every SGLang process
     assert cpu_linear.enabled() is False
 
 
@@ -119,9 +122,8 @@ def test_linear_equals_f_linear_and_packs_the_weight_once(rows: int) -> None:
     torch.testing.assert_close(linear(x.double(), weight.double()), F.linear(x.double(), weight.double()))
 
 
-def test_linear_with_the_switch_off_is_f_linear(monkeypatch) -> None:
-    monkeypatch.setenv(cpu_linear.ENV_SWITCH, "0")
-    cpu_linear.enabled.cache_clear()
+def test_linear_with_the_switch_off_is_f_linear() -> None:
+    cpu_linear.configure(False)
     x, weight = torch.randn(3, 8), torch.randn(16, 8)
     assert fast_linear(weight, x, weight) is None
     assert torch.equal(linear(x, weight), F.linear(x, weight))
@@ -155,7 +157,6 @@ def test_prepack_makes_the_copy_the_first_product_would_make(monkeypatch) -> Non
     packed = cpu_linear.packed_weight(weight, weight)
     torch.testing.assert_close(linear(x, weight), F.linear(x, weight), rtol=1e-5, atol=1e-5)
     assert cpu_linear.packed_weight(weight, weight) is packed  # the product used the copy made ahead
-    monkeypatch.setenv(cpu_linear.ENV_SWITCH, "0")
-    cpu_linear.enabled.cache_clear()
+    cpu_linear.configure(False)
     other = torch.randn(300, 64)
     assert cpu_linear.prepack(other, other) is False and not hasattr(other, "_domino_onednn_weight")

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from sglang_domino.kernels import cpu_linear
 from sglang_domino.plugin import cpu_fast_paths
-
+from sglang_domino.settings import CPU_FAST_PATHS_ENV, environment_settings
 
 pytestmark = pytest.mark.usefixtures("fresh_cpu_fast_paths_switch")
 
@@ -34,7 +34,7 @@ def test_packed_weight_is_made_once_remade_on_a_new_weight_and_refuses_online_up
         packed = cpu_linear.packed_weight(layer.weight, layer.weight)
         assert cpu_linear.packed_weight(layer.weight, layer.weight) is packed  # kept, not repacked per call
         error = _unsupported_derived_weight_cache_error(model)
-        assert error is not None and f"{cpu_fast_paths.ENV_SWITCH}=0" in error
+        assert error is not None and f"{CPU_FAST_PATHS_ENV}=0" in error
         layer.weight.mul_(2)  # an autograd-visible write bumps the version: repacked
         torch.testing.assert_close(cpu_fast_paths.fast_linear(layer, x, layer.weight), 2 * first, rtol=1e-5, atol=1e-5)
         layer.weight = torch.nn.Parameter(torch.randn(16, 8))  # another tensor: repacked
@@ -62,7 +62,7 @@ def test_prepack_linears_packs_sglang_linears_only_and_refuses_online_updates() 
     assert cpu_fast_paths.prepack_linears(model) == 2
     for name in ("a", "b"):
         assert hasattr(model[name].weight, "_domino_onednn_weight")
-        assert f"{cpu_fast_paths.ENV_SWITCH}=0" in _unsupported_derived_weight_cache_error(model[name])
+        assert f"{CPU_FAST_PATHS_ENV}=0" in _unsupported_derived_weight_cache_error(model[name])
     for name in ("bf16", "other", "torch"):
         assert not hasattr(model[name].weight, "_domino_onednn_weight")
         assert _unsupported_derived_weight_cache_error(model[name]) is None
@@ -98,8 +98,9 @@ def test_linear_hook_uses_fast_path_or_defers_to_upstream(monkeypatch) -> None:
     amx = SimpleNamespace(weight=layer.weight, use_intel_amx_backend=True)
     assert cpu_fast_paths.unquantized_linear_apply(original, None, bf16, x.bfloat16(), None) == "upstream"
     assert cpu_fast_paths.unquantized_linear_apply(original, None, amx, x, None) == "upstream"
-    monkeypatch.setenv(cpu_fast_paths.ENV_SWITCH, "0")
-    cpu_fast_paths.enabled.cache_clear()
+    monkeypatch.setenv(CPU_FAST_PATHS_ENV, "0")
+    environment_settings.cache_clear()
+    cpu_fast_paths.configure_from_environment()  # what the plugin does when it loads
     assert cpu_fast_paths.unquantized_linear_apply(original, None, layer, x, None) == "upstream"
     assert len(calls) == 3
 

@@ -9,7 +9,6 @@ import pytest
 from sglang_domino.plugin.draft_width import (
     ADAPTIVE,
     ADAPTIVE_WIDTHS,
-    MAX_SPECULATIVE_BATCH_ENV,
     WIDTH_ATTRS,
     FixedWidthRule,
     MeasuredWidthChoice,
@@ -20,23 +19,27 @@ from sglang_domino.plugin.draft_width import (
     step_width,
     width_rule,
 )
+from sglang_domino.settings import MAX_SPECULATIVE_BATCH_ENV, EnvSettings
 
 
-def test_setting_values_and_device_default(monkeypatch):
-    monkeypatch.delenv(MAX_SPECULATIVE_BATCH_ENV, raising=False)
+def test_setting_values_and_device_default():
     assert resolve_max_speculative_batch("cpu") == ADAPTIVE  # CPUs: measure
     assert resolve_max_speculative_batch("cuda") is None  # GPUs: always draft
     assert resolve_max_speculative_batch("cpu", "none") is None
     assert resolve_max_speculative_batch("cuda", " 8 ") == 8
     assert resolve_max_speculative_batch("cpu", "Adaptive") == ADAPTIVE
-    monkeypatch.setenv(MAX_SPECULATIVE_BATCH_ENV, "AUTO")
-    assert resolve_max_speculative_batch("cpu") == ADAPTIVE
-    monkeypatch.setenv(MAX_SPECULATIVE_BATCH_ENV, "3")
-    assert resolve_max_speculative_batch("cpu") == 3
+    # From the environment, as the worker gets it (sglang_domino.settings parses the variable once).
+    def from_env(value):
+        return resolve_max_speculative_batch("cpu", EnvSettings.from_environ({MAX_SPECULATIVE_BATCH_ENV: value})
+                                             .max_speculative_batch)
+
+    assert from_env("AUTO") == ADAPTIVE
+    assert from_env("3") == 3
     for bad in ("0", "-2", "two", "1.5"):
-        monkeypatch.setenv(MAX_SPECULATIVE_BATCH_ENV, bad)
         with pytest.raises(ValueError, match=MAX_SPECULATIVE_BATCH_ENV):
-            resolve_max_speculative_batch("cpu")
+            from_env(bad)
+        with pytest.raises(ValueError, match=MAX_SPECULATIVE_BATCH_ENV):
+            resolve_max_speculative_batch("cpu", bad)
     with pytest.raises(ValueError, match="synchronous device"):
         resolve_max_speculative_batch("cuda", "adaptive")
     assert is_default_setting("") and is_default_setting(" Auto ") and not is_default_setting("adaptive")

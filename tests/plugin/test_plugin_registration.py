@@ -121,7 +121,7 @@ def test_new_token_rows_only_attention_equals_upstream_extend(causal: bool, kv_h
     gives upstream torch_native's output, which pads every request's queries to its whole length."""
     from sglang.srt.layers.attention.torch_native_backend import TorchNativeAttnBackend
 
-    from sglang_domino.plugin.hooks import sdpa_new_tokens_only
+    from sglang_domino.plugin.attention import sdpa_new_tokens_only
 
     g = torch.Generator().manual_seed(0)
     heads, dim, pool = 4, 8, 200

@@ -148,11 +148,11 @@ def test_unsupported_parallelism(pair) -> None:
 
 
 def test_failed_contract_check_refuses_domino(pair, monkeypatch) -> None:
-    import sglang_domino.plugin as plugin
+    from sglang_domino.plugin import contract
     from sglang_domino.plugin.contract import ContractError
 
     target, draft = pair
-    monkeypatch.setattr(plugin, "_contract_error", ContractError(
+    monkeypatch.setattr(contract, "_failure", ContractError(
         "SGLang contract check failed: sglang.srt.x.Y is missing (needed); pinned"))
     assert "sglang.srt.x.Y is missing" in refused(args(target, draft))
 
@@ -160,8 +160,9 @@ def test_failed_contract_check_refuses_domino(pair, monkeypatch) -> None:
 @pytest.mark.parametrize("env, value, expected", [
     ("SGLANG_DOMINO_DRAFT_LOGITS_DTYPE", "fp8", "SGLANG_DOMINO_DRAFT_LOGITS_DTYPE='fp8'"),
     ("SGLANG_DOMINO_DRAFT_TEMPERATURE_SCALE", "sharp", "SGLANG_DOMINO_DRAFT_TEMPERATURE_SCALE='sharp'"),
-    ("SGLANG_DOMINO_DRAFT_TEMPERATURE_SCALE", "0", "must be a finite number > 0"),
+    ("SGLANG_DOMINO_DRAFT_TEMPERATURE_SCALE", "0", "SGLANG_DOMINO_DRAFT_TEMPERATURE_SCALE='0': expected a finite number > 0"),
     ("SGLANG_DOMINO_CPU_FAST_PATHS", "maybe", "SGLANG_DOMINO_CPU_FAST_PATHS='maybe'"),
+    ("SGLANG_DOMINO_MAX_SPECULATIVE_BATCH", "0", "SGLANG_DOMINO_MAX_SPECULATIVE_BATCH='0'"),
 ])
 def test_bad_drafting_env_refused_at_launch(pair, monkeypatch, env: str, value: str, expected: str) -> None:
     target, draft = pair
