@@ -90,19 +90,72 @@ def test_graph_runner_refuses_cleanly_on_cpu() -> None:
                        correction_loop_eager(big_base, big_z, big_bonus, embed, head, 1)[0])
 
 
-def test_package_correction_loop_on_cpu_is_eager() -> None:
+def _gru_by_hand(x: torch.Tensor, h: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tensor) -> torch.Tensor:
+    """One bias-free GRU step written out (PyTorch's gate order r, z, n), float64 vectors."""
+    i_r, i_z, i_n = (w_ih.double() @ x.double()).chunk(3)
+    h_r, h_z, h_n = (w_hh.double() @ h).chunk(3)
+    r, z = torch.sigmoid(i_r + h_r), torch.sigmoid(i_z + h_z)
+    return (1 - z) * torch.tanh(i_n + r * h_n) + z * h
+
+
+def _correction_by_hand(base, z, bonus, embed, head, pdl: int, pick):
+    """The Domino correction written out row by row in float64 (kernels/reference.py's module docstring):
+    slot k >= pdl takes base_k + W2 · SiLU(W1 · [z_k | h_k]), h_k the GRU state after [bonus, d_0 .. d_{k-1}]
+    (recomputed from zero for every slot); ``pick`` chooses d_k from the slot's logits. -> tokens, logits."""
+    n, p, v = base.shape
+    tokens, logits_out = torch.empty(n, p, dtype=torch.long), torch.empty(n, p, v, dtype=torch.float64)
+    for row in range(n):
+        seen = [int(bonus[row])]
+        for k in range(p):
+            logits = base[row, k].double()
+            if head is not None and k >= pdl:
+                h = torch.zeros(head.w_hh.shape[1], dtype=torch.float64)
+                for tok in seen:
+                    h = _gru_by_hand(embed[tok], h, head.w_ih, head.w_hh)
+                u = head.w1.double() @ torch.cat((z[row, k].double(), h))
+                logits = logits + head.w2.double() @ (u * torch.sigmoid(u))
+            logits_out[row, k] = logits
+            tokens[row, k] = pick(logits)
+            seen.append(int(tokens[row, k]))
+    return tokens, logits_out
+
+
+def _second_best(logits: torch.Tensor) -> torch.Tensor:
+    return logits.topk(2, dim=-1).indices[..., 1]
+
+
+def test_package_correction_loop_on_cpu_is_eager(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On CPU the package's correction loop is the Domino correction (checked against a hand-written one, greedy
+    and with a sampler whose choices feed the GRU), and never the fused Triton path, even where Triton imports."""
+    if kernels.triton_available():  # make the fused path reachable on this machine, then refuse it
+        from sglang_domino.kernels import cuda_graph, triton_gru
+
+        def no_fused(*args, **kwargs):
+            raise AssertionError("the fused Triton correction loop was taken for CPU tensors")
+
+        monkeypatch.setattr(triton_gru, "interpreter_active", lambda: False)
+        monkeypatch.setattr(cuda_graph, "graph_runner_for", no_fused)
     base, z, bonus, embed, head = _block(3, seed=12)
-    for pdl in (0, 1):
+    for pdl in (0, 1, 2):
         got, probs = kernels.correction_loop(base, z, bonus, embed, head, pdl)
         assert probs is None
-        assert torch.equal(got, correction_loop_eager(base, z, bonus, embed, head, pdl)[0])
+        expected, _ = _correction_by_hand(base, z, bonus, embed, head, pdl, pick=lambda lg: lg.argmax())
+        assert torch.equal(got, expected), f"pure_draft_prefix_len={pdl}: {got.tolist()} != {expected.tolist()}"
+    got, probs = kernels.correction_loop(base, z, bonus, embed, None, 0)
+    assert probs is None and torch.equal(got, base.argmax(-1))  # no head: base logits only
+
+    slots = []
 
     def sampler(logits: torch.Tensor, slot: int):
-        probs = torch.softmax(logits, dim=-1)
-        return torch.argmax(probs, dim=-1), probs
+        slots.append(slot)
+        return _second_best(logits), torch.softmax(logits, dim=-1)
 
     got, probs = kernels.correction_loop(base, z, bonus, embed, head, 1, select=sampler)
+    expected, logits = _correction_by_hand(base, z, bonus, embed, head, 1, pick=_second_best)
+    assert slots == list(range(base.shape[1]))
+    assert torch.equal(got, expected)
     assert probs is not None and probs.shape == base.shape
+    torch.testing.assert_close(probs.double(), torch.softmax(logits, dim=-1), atol=1e-6, rtol=1e-4)
 
 
 def test_package_import_does_not_import_triton() -> None:
