@@ -118,8 +118,25 @@ def test_linear_equals_f_linear_and_packs_the_weight_once(rows: int) -> None:
         packed = cpu_linear.packed_weight(weight, weight)
         linear(x, weight)
         assert cpu_linear.packed_weight(weight, weight) is packed
-    # Not float32 (and the switch off): F.linear itself.
-    torch.testing.assert_close(linear(x.double(), weight.double()), F.linear(x.double(), weight.double()))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("rows", [1, 3, 16])
+def test_linear_leaves_other_dtypes_to_f_linear(monkeypatch, dtype: torch.dtype, rows: int) -> None:
+    """Not float32: neither fast path runs and no packed copy is made; the product is still x · Wᵀ."""
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"a CPU fast path was taken for a {dtype} product")
+
+    monkeypatch.setattr(cpu_linear, "small_batch_linear", refuse)
+    monkeypatch.setattr(cpu_linear, "packed_linear", refuse)
+    g = torch.Generator().manual_seed(3)
+    x, weight = torch.randn(rows, 64, generator=g).to(dtype), torch.randn(300, 64, generator=g).to(dtype)
+    got = linear(x, weight)
+    assert got.dtype == dtype and got.shape == (rows, 300)
+    by_hand = (x.double()[:, None, :] * weight.double()[None, :, :]).sum(-1)
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=1.6e-2, atol=2e-2)
+    torch.testing.assert_close(got.double(), by_hand, **tol)
+    assert not hasattr(weight, "_domino_onednn_weight")
 
 
 def test_linear_with_the_switch_off_is_f_linear() -> None:
