@@ -169,14 +169,78 @@ def test_the_statistical_test_detects_a_lossy_verifier() -> None:
     assert _goodness_of_fit(observed, expected) < 1e-12
 
 
-def test_filtered_probs_matches_sglang_sampler_semantics() -> None:
-    """top-k then top-p on the unrenormalised cumulative mass, as SGLang's torch sampler does."""
+def test_filtered_probs_known_answers() -> None:
+    """top-k then top-p on the unrenormalised cumulative mass; temperature 0 is the argmax, ties to the lowest id."""
     logits = torch.log(torch.tensor([[0.4, 0.3, 0.2, 0.1]]))
     probs = filtered_probs(logits, SamplingParams.uniform(1, temperature=1.0, top_k=3, top_p=0.6))
     # cumulative mass before each: 0, .4, .7 -> the third (0.7 > 0.6) is dropped; top-3 keeps the first three.
     assert torch.allclose(probs, torch.tensor([[0.4 / 0.7, 0.3 / 0.7, 0.0, 0.0]]))
     greedy = filtered_probs(torch.tensor([[1.0, 3.0, 3.0]]), SamplingParams.uniform(1, temperature=0.0))
     assert greedy.tolist() == [[0.0, 1.0, 0.0]]  # ties go to the lowest id
+
+
+def _sglang_filtered(logits: torch.Tensor, temperature, top_k, top_p, min_p) -> torch.Tensor:
+    """What SGLang's pytorch sampling backend samples from, by SGLang's own functions: its sampler softmax of
+    logits / T, then ``top_k_top_p_min_p_sampling_from_probs_torch``'s filtered weights, put back in token order
+    and normalised. logits [N, V], parameters [N] (top_k as SGLang stores it, 2**30 = off) -> [N, V]."""
+    from sglang.kernels.ops.sampling import softmax as sglang_softmax
+    from sglang.srt.layers.sampler import top_k_top_p_min_p_sampling_from_probs_torch
+
+    probs = sglang_softmax(logits.clone(), temperature[:, None])
+    _, weights, order, _ = top_k_top_p_min_p_sampling_from_probs_torch(
+        probs, top_k, top_p, min_p, bool((min_p > 0).any()), None, None, return_filtered_probs=True)
+    kept = torch.zeros_like(probs).scatter_(-1, order.long(), weights)
+    return kept / kept.sum(dim=-1, keepdim=True)
+
+
+def _mixed_params(n: int, vocab: int, g: torch.Generator) -> SamplingParams:
+    """Per-row parameters drawn from values that hit every filter's edges (top_k 1 is how SGLang stores greedy)."""
+    from sglang.srt.sampling.sampling_params import TOP_K_ALL
+
+    def pick(values):
+        return torch.tensor(values)[torch.randint(0, len(values), (n,), generator=g)]
+
+    return SamplingParams(temperature=pick([0.3, 0.7, 1.0, 1.6]),
+                          top_k=pick([1, 2, 7, vocab - 1, vocab, TOP_K_ALL]).long(),
+                          top_p=pick([0.05, 0.3, 0.6, 0.9, 1.0]), min_p=pick([0.0, 0.02, 0.1, 0.5, 1.0]))
+
+
+def test_filtered_probs_is_sglangs_sampler_distribution() -> None:
+    """Same support and probabilities as SGLang's own sampler on random logits, every filter mixed per row."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(600, 64, generator=g) * 2
+    params = _mixed_params(600, 64, g)
+    ours = filtered_probs(logits, params)
+    theirs = _sglang_filtered(logits, params.temperature, params.top_k, params.top_p, params.min_p)
+    assert torch.equal(ours > 0, theirs > 0), "a token kept by one sampler and dropped by the other"
+    torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=1e-5)
+
+
+def test_filtered_probs_is_sglangs_sampler_distribution_on_ties() -> None:
+    """Logits with many ties (the filters' boundaries fall inside groups of equal probabilities): the kept
+    probabilities, as a multiset, are SGLang's (which of several tied tokens a cut keeps is the sort's choice)."""
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randint(0, 4, (600, 16), generator=g).float()
+    params = _mixed_params(600, 16, g)
+    ours = filtered_probs(logits, params)
+    theirs = _sglang_filtered(logits, params.temperature, params.top_k, params.top_p, params.min_p)
+    assert torch.equal((ours > 0).sum(-1), (theirs > 0).sum(-1)), "different numbers of tokens kept"
+    torch.testing.assert_close(ours.sort(dim=-1).values, theirs.sort(dim=-1).values, atol=1e-6, rtol=1e-5)
+
+
+def test_verify_target_distributions_are_sglangs_per_request() -> None:
+    """verify's target rows [N, P+1, V]: every position of request i under request i's parameters, as SGLang."""
+    from sglang_domino.verify import target_distributions
+
+    g = torch.Generator().manual_seed(2)
+    n, rows, vocab = 50, 4, 32
+    logits = torch.randn(n, rows, vocab, generator=g) * 2
+    params = _mixed_params(n, vocab, g)
+    ours = target_distributions(logits, params)
+    per_position = [t.repeat_interleave(rows) for t in (params.temperature, params.top_k, params.top_p, params.min_p)]
+    theirs = _sglang_filtered(logits.reshape(n * rows, vocab), *per_position).view(n, rows, vocab)
+    assert torch.equal(ours > 0, theirs > 0)
+    torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------------- seeded
