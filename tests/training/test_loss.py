@@ -113,7 +113,8 @@ def test_flex_block_mask_gives_the_sdpa_hidden_states():
     trainer refuses --attention flex there (checked below); gradients of the CUDA path are not tested here."""
     import warnings
 
-    from sglang_domino.training.trainer import TrainingError, forward_blocks, resolve_attention
+    from sglang_domino.training.errors import TrainingError
+    from sglang_domino.training.trainer import forward_blocks, resolve_attention
 
     drafter = random_drafter(3)
     cfg = drafter.config

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sglang_domino.training import data as D
+from sglang_domino.training.distill import greedy_generate
 from tiny_chat_target import tiny_target, tokenizer  # noqa: F401 (pytest fixtures)
 from sglang_domino.training.slot_decode import SlotGreedyDecoder, slot_greedy_stream
 
@@ -31,7 +31,7 @@ def prompts(tokenizer):
 def _alone(model, prompts, max_new, stop):
     """Reference: HF forward, one prompt at a time (``greedy_generate`` drops a row once it emits ``stop``)."""
     with torch.inference_mode():
-        return [D.greedy_generate(model, torch.tensor([p]), torch.ones(1, len(p), dtype=torch.long), max_new, stop)[0]
+        return [greedy_generate(model, torch.tensor([p]), torch.ones(1, len(p), dtype=torch.long), max_new, stop)[0]
                 for p in prompts]
 
 

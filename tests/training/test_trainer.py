@@ -15,22 +15,16 @@ from conftest import random_drafter
 from sglang_domino.checkpoint import load_drafter
 from sglang_domino.offline import target_features
 from sglang_domino.rollout import greedy_rollout
+from sglang_domino.training.batching import BatchStream, TrainBatch, load_examples
+from sglang_domino.training.cli import parse_train_args
+from sglang_domino.training.drafter_build import build_drafter, init_output_norm_from_target
+from sglang_domino.training.errors import TrainingError
+from sglang_domino.training.features import FeatureCache, TargetFeatureExtractor
 from sglang_domino.training.loss import teacher_forced_logits
-from sglang_domino.training.trainer import (
-    BatchStream,
-    DominoTrainer,
-    FeatureCache,
-    FrozenTarget,
-    TargetFeatureExtractor,
-    TrainBatch,
-    TrainingError,
-    forward_blocks,
-    init_output_norm_from_target,
-    load_examples,
-    pad_batch,
-    parse_train_args,
-    train,
-)
+from sglang_domino.training.pipeline import train
+from sglang_domino.training.tokenization import tokenizer_loader
+from sglang_domino.training.trainer import DominoTrainer, FrozenTarget, forward_blocks
+from tiny_chat_target import build_tokenizer
 
 VOCAB, MASK = 64, 5
 CYCLE = [10, 11, 12, 13, 14, 15, 16]
@@ -245,8 +239,6 @@ def test_resume_refuses_a_different_schedule(ws):
 def test_batch_without_valid_anchor_is_skipped_and_counted(ws):
     target = _load_target(ws)
     args = _args(ws, "unused", "--shift-label")
-    from sglang_domino.training.trainer import build_drafter
-
     drafter = build_drafter(args, target.config, MASK)
     trainer = DominoTrainer(drafter, FrozenTarget.from_model(target), total_steps=10, blocks_per_seq=2)
     before = {k: v.clone() for k, v in drafter.state_dict().items()}
@@ -457,20 +449,17 @@ def test_plain_backbone_then_head_on_frozen_backbone(ws):
 
 
 def test_conversations_are_tokenised_with_the_assistant_loss_mask(tmp_path):
-    """``{"messages": [...]}`` rows go through data.tokenize_conversation with the target's tokenizer."""
-    from sglang_domino.embedded.target import default_cache_root, is_prepared
-
-    target_dir = default_cache_root() / "smollm2-135m-instruct"
-    if not is_prepared(target_dir):
-        pytest.skip("the embedded target is not prepared on this machine (sglang-domino prepare)")
-    from sglang_domino.training.trainer import _tokenizer_loader
-
+    """``{"messages": [...]}`` rows go through tokenization.tokenize_conversation with the target's tokenizer,
+    loaded from the target directory (here the offline ChatML stand-in of ``tiny_chat_target.py``, so the test
+    needs no prepared embedded target and no earlier test to have prepared one)."""
+    target_dir = tmp_path / "target"
+    build_tokenizer().save_pretrained(target_dir)
     data = tmp_path / "conv.jsonl"
     messages = [{"role": "user", "content": "Say hi."}, {"role": "assistant", "content": "Hi there, friend!"}]
     data.write_text(json.dumps({"messages": messages}) + "\n"
                     + json.dumps({"messages": messages, "finish_reason": "length"}) + "\n")
-    complete, cut = load_examples(data, _tokenizer_loader(target_dir), 64)
-    tok = _tokenizer_loader(target_dir)()
+    complete, cut = load_examples(data, tokenizer_loader(target_dir), 256)  # the stand-in BPE is wordier
+    tok = tokenizer_loader(target_dir)()
     answer = tok.decode(complete.input_ids[complete.loss_mask])
     assert answer.startswith("Hi there, friend!") and answer.endswith("<|im_end|>")
     assert not complete.loss_mask[0]
