@@ -98,18 +98,44 @@ def test_bad_requests_get_normal_4xx(servers) -> None:
     assert 400 <= r.status_code < 500
 
 
-def test_openai_chat_with_stop(servers) -> None:
-    body = {"model": "m", "messages": [{"role": "user", "content": "Hello there"}], "max_tokens": 30,
-            "temperature": 0}
-    a = servers["plain"].post("/v1/chat/completions", body).json()["choices"][0]["message"]["content"]
-    b = servers["domino"].post("/v1/chat/completions", body).json()["choices"][0]["message"]["content"]
+CHAT = {"model": "m", "messages": [{"role": "user", "content": "Hello there"}], "max_tokens": 30, "temperature": 0}
+
+
+def _chat(server, body: dict) -> dict:
+    r = server.post("/v1/chat/completions", body)
+    assert r.status_code == 200, r.text
+    return r.json()["choices"][0]
+
+
+def test_openai_chat_equals_plain(servers) -> None:
+    a = _chat(servers["plain"], CHAT)["message"]["content"]
+    b = _chat(servers["domino"], CHAT)["message"]["content"]
+    assert a, "the plain server answered the chat with no text"
     assert a == b
-    if len(a) > 8:
-        stop = a[len(a) // 2 : len(a) // 2 + 2]
-        body["stop"] = [stop]
-        a2 = servers["plain"].post("/v1/chat/completions", body).json()["choices"][0]["message"]["content"]
-        b2 = servers["domino"].post("/v1/chat/completions", body).json()["choices"][0]["message"]["content"]
-        assert a2 == b2
+
+
+def _first_seen_at_or_after(text: str, start: int, length: int = 3) -> str | None:
+    """A printable substring of ``length`` characters starting at or after ``start`` that does not occur earlier."""
+    for k in range(start, len(text) - length + 1):
+        s = text[k : k + length]
+        if s.isprintable() and s.strip() == s and text.find(s) == k:
+            return s
+    return None
+
+
+def test_openai_chat_stop_string(servers) -> None:
+    """A stop string from the middle of the plain answer: both servers end the answer right before it."""
+    full = _chat(servers["plain"], CHAT)["message"]["content"]
+    stop = _first_seen_at_or_after(full, len(full) // 3)
+    if stop is None:
+        pytest.fail(f"the plain chat answer has no usable stop string after its first third: {full!r}")
+    expected = full[: full.index(stop)]
+    body = dict(CHAT, stop=[stop])
+    plain, domino = _chat(servers["plain"], body), _chat(servers["domino"], body)
+    assert plain["message"]["content"] == expected, (stop, full)
+    assert plain["finish_reason"] == "stop"
+    assert domino["message"]["content"] == expected, (stop, full)
+    assert domino["finish_reason"] == "stop"
 
 
 def test_acceptance_visible_the_sglang_way(servers) -> None:
