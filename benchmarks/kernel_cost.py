@@ -295,10 +295,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     result = build(d, batches, keeps)
     print(_fmt_table(result))
     if args.json:
-        import os
-
-        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-        from provenance import provenance  # benchmarks/, this script's folder
+        from sglang_domino.provenance import provenance
 
         result["provenance"] = provenance(None, None)  # a model, no weights: commit and machine only
         with open(args.json, "w") as fh:

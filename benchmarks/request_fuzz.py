@@ -12,7 +12,7 @@ finish reason for ``/generate``; choices, message / text and usage for OpenAI; `
 as long as the completion; finish reason in the allowed set, ``abort`` only for a request we aborted; no stop
 token / EOS before the last token; a matched stop string trimmed from the text; a ``json_schema`` output that ended
 normally parses and matches its schema). Per server: it stays up (process alive, ``/health``), and the draft log's
-row invariants (``tests/server/invariants.py``) hold for every request whose output token ids the client saw. The
+row invariants (``benchmarks/invariants.py``) hold for every request whose output token ids the client saw. The
 caller checks the KV pool's idle usage before and after, and a greedy request against a plain server.
 
 This module is the one source of the generator and the checks: ``tests/server/test_request_fuzz.py`` imports it
@@ -43,8 +43,7 @@ from typing import Any, Callable, Optional
 import requests
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests" / "server"))
-from invariants import Seen, check_rows  # noqa: E402
+from sglang_domino.benchmarks.invariants import Seen, check_rows
 
 KINDS = ("generate_ids", "generate_text", "chat", "completion")
 KIND_WEIGHTS = (0.35, 0.2, 0.25, 0.2)
@@ -694,7 +693,7 @@ def _git_commit() -> str:
 
 def corpus_texts() -> list[str]:
     """Prompt texts for the tiny test pair (the sentences its tokenizer was trained on)."""
-    import tiny_pair
+    from sglang_domino.benchmarks import tiny_pair
 
     return [s.strip() + "." for s in tiny_pair._CORPUS.strip().split(".") if s.strip()]
 
@@ -742,12 +741,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     log_dir.mkdir(parents=True, exist_ok=True)
     draft_log = log_dir / "drafts.jsonl"
     draft_log.unlink(missing_ok=True)
-    from provenance import provenance  # benchmarks/, this script's folder
-    from serving import Server as ServeProcess, free_port
+    from sglang_domino.provenance import provenance
+    from sglang_domino.benchmarks.serving import Server as ServeProcess
+    from sglang_domino.server.process import free_port
 
     server = ServeProcess("request-fuzz", target, draft, free_port(), [], log_dir,
                           {"SGLANG_DOMINO_DRAFT_LOG": str(draft_log)})
-    url, proc, cmd = server.url, server.proc, server.cmd
+    cmd = server.cmd
     print(f"started: SGLANG_DOMINO_DRAFT_LOG={draft_log} {shlex.join(cmd)}", flush=True)
     report: dict[str, Any] = {"command": shlex.join([sys.executable, *sys.argv]), "git_commit": _git_commit(),
                               "server_command": shlex.join(cmd), "seed": args.seed, "requests": args.requests,
@@ -756,6 +756,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         t_start = time.monotonic()
         server.wait_healthy(args.start_timeout)
+        url, proc = server.url, server.proc  # after the start: a port clash restarts it on another port
         report["server_start_s"] = round(time.monotonic() - t_start, 1)
         tokenizer = AutoTokenizer.from_pretrained(target)
         pools = Pools.from_tokenizer(tokenizer, _prompt_texts(embedded))

@@ -26,12 +26,11 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from loadgen import run_level  # noqa: E402
+from sglang_domino.benchmarks.loadgen import run_level
 
-from sglang_domino.settings import MAX_SPECULATIVE_BATCH_ENV, environment_settings  # noqa: E402
-from sglang_domino.rollout import draft_logits_dtype  # noqa: E402
-from serving import Server, load_payloads  # noqa: E402
+from sglang_domino.settings import MAX_SPECULATIVE_BATCH_ENV, environment_settings
+from sglang_domino.rollout import draft_logits_dtype
+from sglang_domino.benchmarks.serving import Server, load_payloads
 
 PHASES = ("draft_backbone", "draft_logits", "target_verify", "accept", "context_append")
 
@@ -86,7 +85,8 @@ def server_profile(target_dir: Path, draft_dir: Path, prompts: Path, num: int, m
             "ttft_ms": level["ttft_ms"], "itl_ms": level["itl_ms"]}
 
 
-def markdown(result: dict[str, Any]) -> str:
+def markdown(result: dict[str, Any], table_only: bool = False) -> str:
+    """The table of ms per phase of a speculative round (+ the server step), then the τ sentence."""
     off = result["offline"]
     dom, bb = off["domino"], off["backbone"]
     total = dom["ms_per_round_total"]
@@ -101,6 +101,8 @@ def markdown(result: dict[str, Any]) -> str:
         rows.append(f"| SGLang server step (concurrency 1) | {srv['ms_per_step']:.1f} | | |")
         rows.append(f"| scheduler + framework (server step − model phases, estimate) | {rest:.1f} | "
                     f"{100 * rest / srv['ms_per_step']:.0f}% of server step | |")
+    if table_only:
+        return "\n".join(rows)
     rows.append("")
     rows.append(f"τ offline: Domino {dom['tau']:.2f}, backbone {bb['tau']:.2f}"
                 + (f"; server τ {srv['tau']:.2f}" if srv else "")
@@ -149,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
                                           (args.server_args.split() if args.server_args else [])
                                           + (["--speculative-num-draft-tokens", str(args.block_size)]
                                              if args.block_size else []))
-    from provenance import provenance  # benchmarks/, this script's folder
+    from sglang_domino.provenance import provenance
 
     result["provenance"] = provenance(draft, target)
     out_json.write_text(json.dumps(result, indent=2))

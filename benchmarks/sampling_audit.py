@@ -49,13 +49,12 @@ import numpy as np
 import requests
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "server"))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-import sampling_stats as st  # noqa: E402
+from sglang_domino.benchmarks import sampling_stats as st
 
-from sglang_domino.settings import MAX_SPECULATIVE_BATCH_ENV  # noqa: E402
-from sglang_domino.resume import append_row, read_rows, start_rows  # noqa: E402
-from serving import Server as ServeProcess, free_port  # noqa: E402
+from sglang_domino.settings import MAX_SPECULATIVE_BATCH_ENV
+from sglang_domino.resume import append_row, read_rows, start_rows
+from sglang_domino.benchmarks.serving import Server as ServeProcess
+from sglang_domino.server.process import free_port
 
 SERVERS = ("plain", "domino", "domino_always")
 CONDITIONAL_TOP = 3
@@ -103,7 +102,7 @@ class Server(ServeProcess):
 
 
 def tiny_pair(cache: Path) -> tuple[Path, Path, list[int]]:
-    import tiny_pair as tp
+    from sglang_domino.benchmarks import tiny_pair as tp
 
     root = cache / "tiny_pair"
     if not (root / "drafter" / "model.safetensors").is_file():
@@ -255,7 +254,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     t_start = time.time()
     exact = (st.exact_distributions(target, prompt, settings) if args.pair == "tiny"
              else exact_subset(target, prompt, settings, EMBEDDED_MAX_TOKEN1_ROWS))
-    from provenance import provenance  # benchmarks/
+    from sglang_domino.provenance import provenance
 
     meta = {**environment(), **run_settings, "provenance": provenance(draft, target)}
     extra = shlex.split(args.server_args)
@@ -326,7 +325,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--per-request", type=int, default=40, help="n (parallel samples) per /generate request")
     p.add_argument("--concurrency", type=int, default=4, help="requests in flight per server while sampling")
     p.add_argument("--pair", choices=("tiny", "embedded"), default="tiny",
-                   help="tiny: tests/server/tiny_pair.py (built under the JSON's folder, cache/); embedded: the "
+                   help="tiny: benchmarks/tiny_pair.py (built under the JSON's folder, cache/); embedded: the "
                         "embedded SmolLM2-135M pair")
     p.add_argument("--servers", default=",".join(SERVERS), help=f"comma-separated subset of {','.join(SERVERS)}")
     p.add_argument("--settings", default="", help=f"comma-separated subset of {','.join(st.SETTINGS)} (default all)")

@@ -18,21 +18,13 @@ import argparse
 import asyncio
 import json
 import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any, Optional
 
-import requests
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from loadgen import run_level  # noqa: E402
-
-from sglang_domino.evaluate import load_config_block_size  # noqa: E402
-from sglang_domino.resume import append_row, read_rows, start_rows  # noqa: E402
-from sglang_domino.settings import CPU_FAST_PATHS_ENV, DRAFT_LOGITS_DTYPE_ENV, MAX_SPECULATIVE_BATCH_ENV  # noqa: E402
+from sglang_domino.resume import append_row, read_rows, start_rows
+from sglang_domino.server.process import ServerProcess
+from sglang_domino.settings import CPU_FAST_PATHS_ENV, DRAFT_LOGITS_DTYPE_ENV, MAX_SPECULATIVE_BATCH_ENV
 
 CONFIGS = ("plain", "domino", "backbone")
 ALWAYS = "domino_always"  # optional: Domino with the automatic switch-off disabled
@@ -49,51 +41,20 @@ def backbone_only_checkpoint(draft: Path, cache_root: Path) -> Path:
     return out
 
 
-def free_port() -> int:
-    """A free TCP port on loopback."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """A ``sglang-domino serve`` subprocess on loopback; ``draft=None`` serves without speculation."""
+class Server(ServerProcess):
+    """A ``sglang-domino serve`` subprocess on loopback, started at once; ``draft=None`` serves without speculation.
+    ``env`` is added to this process's environment. Log: ``log_dir/server-NAME.log``."""
 
     def __init__(self, name: str, target: Path, draft: Optional[Path], port: int, extra: list[str], log_dir: Path,
                  env: Optional[dict[str, str]] = None):
-        self.name, self.port = name, port
-        self.url = f"http://127.0.0.1:{port}"
         cmd = [sys.executable, "-m", "sglang_domino.cli", "serve", "--target", str(target), "--port", str(port)]
         cmd += ["--draft", str(draft)] if draft is not None else ["--no-speculation"]
-        cmd += extra
-        self.cmd = cmd
-        log_dir.mkdir(parents=True, exist_ok=True)
-        self.log_path = log_dir / f"server-{name}.log"
-        self.proc = subprocess.Popen(cmd, stdout=self.log_path.open("w"), stderr=subprocess.STDOUT,
-                                     start_new_session=True, env=None if env is None else {**os.environ, **env})
+        super().__init__(name, cmd + list(extra), {**os.environ, **(env or {})}, log_dir / f"server-{name}.log")
+        self.start()
 
-    def wait_healthy(self, timeout_s: float = 600) -> None:
-        deadline = time.time() + timeout_s
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} server exited ({self.proc.returncode}); see {self.log_path}")
-            try:
-                if requests.get(f"{self.url}/health", timeout=5).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(2)
-        raise TimeoutError(f"{self.name} server not healthy after {timeout_s}s; see {self.log_path}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
+    @property
+    def log_path(self) -> Path:
+        return self.log
 
 
 def load_payloads(prompts_path: Path, target: Path, num: int, max_new_tokens: int) -> list[dict[str, Any]]:
@@ -162,6 +123,8 @@ def plot(levels: list[dict[str, Any]], path: Path) -> None:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from tqdm import tqdm
+
+    from sglang_domino.benchmarks.loadgen import run_level
 
     if args.repeats < 1:
         raise SystemExit(f"--repeats must be at least 1, got {args.repeats}")
@@ -265,12 +228,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         for s in servers.values():
             s.stop()
+    from sglang_domino.evaluate import load_config_block_size
+
     levels.sort(key=lambda lv: lv["concurrency"])
     result = {"target": str(target), "draft": str(draft), "max_new_tokens": args.max_new_tokens,
               "server_args": extra, "block_size": args.block_size or load_config_block_size(draft),
               "repeats": args.repeats, "draft_logits_dtype": draft_logits_choice, "cpu_fast_paths": cpu_fast_paths,
               "max_speculative_batch": max_speculative_batch, "configs": list(configs), "levels": levels}
-    from provenance import provenance  # benchmarks/, this script's folder
+    from sglang_domino.provenance import provenance
 
     result["provenance"] = provenance(draft, target)
     out_json.write_text(json.dumps(result, indent=2))

@@ -198,34 +198,12 @@ def sampling_audit(data: list[Any], opts: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
-ROUND_PHASES = ("draft_backbone", "draft_logits", "target_verify", "accept", "context_append")
-
-
 def round_profile(data: list[Any], opts: dict[str, str]) -> str:
-    """``benchmarks/round_profile.py --json``: ms per phase of a speculative round, the server step, the rest."""
-    result = data[0]
-    off = result["offline"]
-    dom, bb = off["domino"], off["backbone"]
-    total = dom["ms_per_round_total"]
-    rows = ["| phase (per speculative round) | Domino ms | share | backbone-only ms |", "| --- | ---: | ---: | ---: |"]
-    for k in ROUND_PHASES:
-        rows.append(f"| {k} | {dom['ms_per_round'][k]:.1f} | {100 * dom['ms_per_round'][k] / total:.0f}% | "
-                    f"{bb['ms_per_round'][k]:.1f} |")
-    rows.append(f"| **model phases, offline loop** | **{total:.1f}** | 100% | **{bb['ms_per_round_total']:.1f}** |")
-    srv = result.get("server")
-    if srv:
-        rest = srv["ms_per_step"] - total
-        rows.append(f"| SGLang server step (concurrency 1) | {srv['ms_per_step']:.1f} | | |")
-        rows.append(f"| scheduler + framework (server step − model phases, estimate) | {rest:.1f} | "
-                    f"{100 * rest / srv['ms_per_step']:.0f}% of server step | |")
-    if "table-only" in opts:
-        return "\n".join(rows)
-    rows.append("")
-    rows.append(f"τ offline: Domino {dom['tau']:.2f}, backbone {bb['tau']:.2f}"
-                + (f"; server τ {srv['tau']:.2f}" if srv else "")
-                + f". Plain decoding (HF, batch 1): {off['plain_ms_per_token']:.1f} ms/token, so a round must "
-                f"emit > {total / off['plain_ms_per_token']:.2f} tokens to beat it offline.")
-    return "\n".join(rows)
+    """``benchmarks/round_profile.py --json``: that script's own table (ms per phase of a speculative round, the
+    server step, the rest), and the τ sentence unless ``table-only``."""
+    from sglang_domino.benchmarks.round_profile import markdown
+
+    return markdown(data[0], table_only="table-only" in opts)
 
 
 SWEEP_LABELS = {"pm": "point masses (greedy drafts, upstream's rule)",

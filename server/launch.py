@@ -18,14 +18,11 @@ import json
 import os
 import shlex
 import signal
-import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from typing import Optional, Sequence
 
 from sglang_domino.hardware import cpu_has_bf16_units
+from sglang_domino.server.process import ServerProcess, ServerStartError
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 30000
@@ -151,21 +148,6 @@ def precheck(target: str, draft: str, extra: Sequence[str]) -> Optional[str]:
     return None
 
 
-def wait_healthy(url: str, proc: subprocess.Popen, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            return False
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=5) as r:
-                if r.status == 200:
-                    return True
-        except (urllib.error.URLError, ConnectionError, OSError):
-            pass
-        time.sleep(1.0)
-    return False
-
-
 def curl_example(url: str) -> str:
     body = json.dumps({"text": "The capital of France is", "sampling_params": {"max_new_tokens": 32, "temperature": 0}})
     return f"curl -s {url}/generate -H 'Content-Type: application/json' -d {shlex.quote(body)}"
@@ -186,28 +168,31 @@ def run_serve(args: argparse.Namespace) -> int:
         prefix = "SGLANG_USE_CPU_ENGINE=1 " if env.get("SGLANG_USE_CPU_ENGINE") == "1" else ""
         print(prefix + shlex.join(cmd))
         return 0
-    url = f"http://{args.host}:{args.port}"
+    server = ServerProcess("sglang", cmd, env, own_session=False, restart_on_port_clash=False)
+    url = server.url
     print(f"starting SGLang ({'Domino' if draft else 'no speculation'}): {shlex.join(cmd)}", flush=True)
-    proc = subprocess.Popen(cmd, env=env)
+    server.start()
 
     def _forward(signum, _frame):
-        if proc.poll() is None:
-            proc.send_signal(signum)
+        server.send_signal(signum)
 
     previous = {s: signal.signal(s, _forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        if wait_healthy(url, proc, args.ready_timeout):
-            print(f"\nSGLang + Domino is serving at {url}" if draft else f"\nSGLang is serving at {url}")
-            print(f"  try: {curl_example(url)}")
-            print(f"  acceptance: curl -s {url}/get_server_info  (internal_states[0].avg_spec_accept_length); "
-                  "meta_info.spec_verify_ct in /generate\n", flush=True)
-        elif proc.poll() is None:
-            print(f"error: the server did not become healthy within {args.ready_timeout:.0f} s", file=sys.stderr)
-            proc.terminate()
-        return proc.wait()
+        try:
+            server.wait_healthy(args.ready_timeout)
+        except ServerStartError as exc:
+            if server.alive():  # not healthy in time: stop it; an exit is reported by the server itself
+                print(f"error: {exc}", file=sys.stderr)
+                server.stop()
+            return server.wait()
+        print(f"\nSGLang + Domino is serving at {url}" if draft else f"\nSGLang is serving at {url}")
+        print(f"  try: {curl_example(url)}")
+        print(f"  acceptance: curl -s {url}/get_server_info  (internal_states[0].avg_spec_accept_length); "
+              "meta_info.spec_verify_ct in /generate\n", flush=True)
+        return server.wait()
     except KeyboardInterrupt:
-        proc.terminate()
-        return proc.wait()
+        server.stop()
+        return server.wait()
     finally:
         for s, h in previous.items():
             signal.signal(s, h)

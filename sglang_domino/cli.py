@@ -47,31 +47,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0 if result.get("lossless", True) else 1
 
 
-def _benchmarks_dir():
-    """benchmarks/ lives beside the package in a source checkout (it is not installed)."""
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks"
-    return path if (path / "serving.py").is_file() else None
-
-
-def _load_benchmark_module(name: str):
-    import importlib.util
-
-    bench_dir = _benchmarks_dir()
-    sys.path.insert(0, str(bench_dir))
-    spec = importlib.util.spec_from_file_location(f"sglang_domino_bench_{name}", bench_dir / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _cmd_bench(args: argparse.Namespace) -> int:
-    if _benchmarks_dir() is None:
-        print("sglang-domino bench needs a source checkout (benchmarks/ is not installed with the package)",
-              file=sys.stderr)
-        return 2
-    _load_benchmark_module("serving").run(args)
+    from sglang_domino.benchmarks import serving
+
+    serving.run(args)
     return 0
 
 
@@ -113,9 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_train_parser(sub)
     add_serve_parser(sub)
+    from sglang_domino.benchmarks.serving import add_arguments as add_bench_arguments
+
     p = sub.add_parser("bench", help="serving benchmark: plain vs Domino vs backbone-only at several concurrencies")
-    if _benchmarks_dir() is not None:
-        _load_benchmark_module("serving").add_arguments(p)
+    add_bench_arguments(p)
     p.set_defaults(func=_cmd_bench)
     return parser
 

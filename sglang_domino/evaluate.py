@@ -241,14 +241,7 @@ def evaluate(
 
 
 def run_provenance(draft_path: str | Path, target_path: str | Path) -> dict[str, Any]:
-    """``benchmarks/provenance.py``'s record (drafter sha256, target, commit, machine, time). It lives beside the
-    package in a source checkout; an installed package without it says so instead."""
-    import importlib.util
+    """:func:`sglang_domino.provenance.provenance`: drafter sha256, target, commit, machine, time."""
+    from sglang_domino.provenance import provenance
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "provenance.py"
-    if not path.is_file():
-        return {"unavailable": f"{path} not found (not a source checkout)"}
-    spec = importlib.util.spec_from_file_location("sglang_domino_benchmarks_provenance", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.provenance(draft_path, target_path)
+    return provenance(draft_path, target_path)

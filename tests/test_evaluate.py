@@ -3,16 +3,11 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "server"))
-
-import tiny_pair  # noqa: E402
-
-from sglang_domino.evaluate import evaluate  # noqa: E402
+from sglang_domino.benchmarks import tiny_pair
+from sglang_domino.evaluate import evaluate
 
 PROMPTS = [{"prompt": "The quick brown fox"}, {"messages": [{"role": "user", "content": "Name a capital."}]},
            {"prompt": "Numbers: one two three"}, {"prompt": "Python is a programming language"}]
@@ -28,8 +23,11 @@ def setup(tmp_path_factory):
 
 
 def _strip_times(result: dict) -> dict:
+    """The result without what differs between two runs of the same evaluation: timings, and the provenance's
+    clock and command line."""
     rows = [{k: v for k, v in r.items() if not k.startswith("seconds")} for r in result["per_prompt"]]
-    return dict(result, per_prompt=rows)
+    provenance = {k: v for k, v in result["provenance"].items() if k not in ("time_utc", "argv")}
+    return dict(result, per_prompt=rows, provenance=provenance)
 
 
 def test_eval_workers_and_resume_give_the_same_result(setup) -> None:

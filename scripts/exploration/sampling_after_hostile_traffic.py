@@ -48,9 +48,9 @@ def main() -> int:
     import torch
     from transformers import AutoModelForCausalLM
 
-    import tiny_pair
+    from sglang_domino.benchmarks import tiny_pair
     from server import conftest as C
-    from server.invariants import Seen, check_rows
+    from sglang_domino.benchmarks.invariants import Seen, check_rows
     from server.test_row_invariants import Recorder, hostile_traffic, sampling_module_workload
     from sglang_domino.sampling import SamplingParams, filtered_probs
 
@@ -70,9 +70,7 @@ def main() -> int:
                                                SGLANG_DOMINO_MAX_SPECULATIVE_BATCH="none"))):
         port = C.free_port()
         cmd = C.launch_cmd(pair.target, port, draft=draft)
-        proc, t0 = C.start_server(name, cmd, env, args.out / f"{name}.log")
-        servers[name] = C.Server(name, f"http://127.0.0.1:{port}", proc, args.out / f"{name}.log",
-                                 draft_log if draft else None, extra={"t_launch": t0})
+        servers[name] = C.Server(name, cmd, env, args.out / f"{name}.log", draft_log if draft else None).start()
     draws: dict[str, list[list[int]]] = {}
     seen: dict[str, Seen] = {}
     lock = threading.Lock()
@@ -103,7 +101,7 @@ def main() -> int:
         report = check_rows(servers["domino"].draft_records(), seen)
     finally:
         for s in servers.values():
-            C.stop(s)
+            s.stop()
 
     model = AutoModelForCausalLM.from_pretrained(pair.target, dtype=torch.float32).eval()
     with torch.no_grad():

@@ -61,7 +61,7 @@ import contextlib
 import contextvars
 import copy
 import logging
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterator
 
 from sglang_domino.plugin import cpu_fast_paths
 from sglang_domino.plugin.attention import sdpa_new_tokens_only

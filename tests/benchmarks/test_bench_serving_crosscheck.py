@@ -4,20 +4,16 @@ command line SGLang's own client is run with."""
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_serving_crosscheck.py"
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("bench_serving_crosscheck", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(mod)
-    return mod
+    from sglang_domino.benchmarks import bench_serving_crosscheck
+
+    return bench_serving_crosscheck
 
 
 def test_custom_dataset_lines_and_command(tmp_path: Path) -> None:

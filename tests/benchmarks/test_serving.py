@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 
 import pytest
 
-BENCH_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("bench_serving_module", BENCH_DIR / "serving.py")
-    mod = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(mod)  # it puts benchmarks/ on sys.path for its sibling loadgen.py
-    return mod
+    from sglang_domino.benchmarks import serving
+
+    return serving
 
 
 def test_median_run_keeps_one_real_run() -> None:

@@ -3,7 +3,6 @@ the committed JSON; a changed number is caught; the generators format as publish
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import re
@@ -17,12 +16,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("verify_results", REPO / "benchmarks" / "verify_results.py")
-    mod = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    sys.modules[spec.name] = mod  # dataclasses look their module up
-    spec.loader.exec_module(mod)
-    return mod
+    from sglang_domino.benchmarks import verify_results
+
+    return verify_results
 
 
 vr = _load()

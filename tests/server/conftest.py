@@ -19,32 +19,20 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
 import threading
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 import pytest
 import requests
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import tiny_pair  # noqa: E402
+from sglang_domino.benchmarks import tiny_pair
+from sglang_domino.server.process import ServerProcess, free_port  # noqa: F401  (free_port: for the tests)
 
 SERVER_START_TIMEOUT = float(os.environ.get("SGLANG_DOMINO_TEST_START_TIMEOUT", "600"))
 COMMON_FLAGS = ["--dtype", "float32", "--max-total-tokens", "16384", "--decode-log-interval", "1",
                 "--max-running-requests", "32", "--watchdog-timeout", "600", "--sleep-on-idle"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def cpu_env(**extra: str) -> dict[str, str]:
@@ -71,15 +59,15 @@ def default_cmd(target: Path, draft: Optional[Path], port: int, *extra: str) -> 
     return cmd
 
 
-@dataclass
-class Server:
-    name: str
-    url: str
-    proc: subprocess.Popen
-    log: Path
-    draft_log: Optional[Path] = None
-    started_s: float = 0.0
-    extra: dict = field(default_factory=dict)
+class Server(ServerProcess):
+    """A real server of the suite (:class:`sglang_domino.server.process.ServerProcess`: start, health, log, stop,
+    restart on a port clash) with the requests the tests send and its draft log (Domino servers)."""
+
+    def __init__(self, name: str, cmd: list[str], env: dict, log: Path, draft_log: Optional[Path] = None,
+                 **extra) -> None:
+        super().__init__(name, cmd, env, log)
+        self.draft_log = draft_log
+        self.extra = dict(extra)  # what a fixture wants to remember about this server (its setting, its step log)
 
     def generate(self, timeout: float = 300, **payload) -> dict:
         r = requests.post(self.url + "/generate", json=payload, timeout=timeout)
@@ -98,72 +86,9 @@ class Server:
         records = [json.loads(line) for line in self.draft_log.read_text().splitlines() if line.strip()]
         return [r for r in records if rid is None or r["rid"] == rid]
 
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def tail(self, n: int = 40) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return ""
-
-
-# How each process was started, so wait_ready can start it again on another port (see PORT_CLASH).
-_LAUNCHES: dict[int, tuple[list[str], dict]] = {}
-# free_port() closes the port it found before the server binds it, so with several servers starting at once another
-# one can take it first (seen in CI: uvicorn's bind error, and the server then hangs instead of exiting).
-PORT_CLASH = "address already in use"
-PORT_RETRIES = 3
-
-
-def start_server(name: str, cmd: list[str], env: dict, log: Path) -> tuple[subprocess.Popen, float]:
-    fh = open(log, "w")
-    proc = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
-    _LAUNCHES[proc.pid] = (list(cmd), env)
-    return proc, time.monotonic()
-
-
-def _restart_on_new_port(server: Server) -> None:
-    cmd, env = _LAUNCHES[server.proc.pid]
-    stop(server)
-    port = free_port()
-    cmd[cmd.index("--port") + 1] = str(port)
-    server.proc, _ = start_server(server.name, cmd, env, server.log)
-    server.url = f"http://127.0.0.1:{port}"
-    server.extra["cmd"] = cmd
-
 
 def wait_ready(server: Server, timeout: float = SERVER_START_TIMEOUT) -> None:
-    t0 = time.monotonic()
-    retries = 0
-    while time.monotonic() - t0 < timeout:
-        if PORT_CLASH in server.tail(20) and retries < PORT_RETRIES and server.proc.pid in _LAUNCHES:
-            retries += 1
-            _restart_on_new_port(server)
-            continue
-        if not server.alive():
-            raise RuntimeError(f"{server.name} server exited during start-up:\n{server.tail()}")
-        try:
-            if requests.get(server.url + "/health", timeout=5).status_code == 200:
-                server.started_s = time.monotonic() - server.extra["t_launch"]
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(1.0)
-    raise RuntimeError(f"{server.name} server not healthy after {timeout:.0f} s:\n{server.tail()}")
-
-
-def stop(server: Server) -> None:
-    if server.proc.poll() is None:
-        try:
-            os.killpg(server.proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        try:
-            server.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.proc.pid, signal.SIGKILL)
-            server.proc.wait(timeout=30)
+    server.wait_healthy(timeout)
 
 
 @pytest.fixture(scope="session")
@@ -193,10 +118,7 @@ def servers(tiny, tmp_path_factory):
     running: dict[str, Server] = {}
     try:
         for name, (cmd, env, dlog) in specs.items():
-            port = cmd[cmd.index("--port") + 1]
-            proc, t0 = start_server(name, cmd, env, logs / f"{name}.log")
-            running[name] = Server(name, f"http://127.0.0.1:{port}", proc, logs / f"{name}.log", dlog,
-                                   extra={"t_launch": t0, "cmd": cmd})
+            running[name] = Server(name, cmd, env, logs / f"{name}.log", dlog).start()
         errors: list[BaseException] = []
 
         def _wait(s: Server) -> None:
@@ -215,4 +137,4 @@ def servers(tiny, tmp_path_factory):
         yield running
     finally:
         for s in running.values():
-            stop(s)
+            s.stop()

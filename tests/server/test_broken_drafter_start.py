@@ -8,7 +8,6 @@ checkpoint is a real server start, timed from process launch to exit.
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from server.conftest import Server, cpu_env, free_port, launch_cmd, start_server, stop, wait_ready
+from server.conftest import Server, cpu_env, free_port, launch_cmd, wait_ready
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
@@ -38,16 +38,13 @@ def embedded_servers(tmp_path_factory):
             env = cpu_env(SGLANG_DOMINO_MAX_SPECULATIVE_BATCH="none")
             if name == "domino":
                 env["SGLANG_DOMINO_DRAFT_LOGITS_DTYPE"] = "bfloat16"
-            proc, t0 = start_server(name, cmd, env, logs / f"{name}.log")
-            port = cmd[cmd.index("--port") + 1]
-            running[name] = Server(name, f"http://127.0.0.1:{port}", proc, logs / f"{name}.log",
-                                   extra={"t_launch": t0, "cmd": cmd})
+            running[name] = Server(name, cmd, env, logs / f"{name}.log").start()
         for server in running.values():
             wait_ready(server)
         yield pair, running
     finally:
         for server in running.values():
-            stop(server)
+            server.stop()
 
 
 def test_embedded_pair_greedy_equals_plain(embedded_servers) -> None:

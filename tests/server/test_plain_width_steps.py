@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from .conftest import Server, cpu_env, free_port, launch_cmd, start_server, stop, wait_ready
+from .conftest import Server, cpu_env, free_port, launch_cmd, wait_ready
 from .test_server_greedy import MAX_TOKENS, OfflineDrafts, make_prompts, run_concurrently
 
 pytestmark = [pytest.mark.server, pytest.mark.timeout(900)]
@@ -34,15 +34,13 @@ def switching(request, tiny, tmp_path_factory):
     cmd = launch_cmd(tiny.target, free_port(), draft=tiny.drafter)
     env = cpu_env(SGLANG_DOMINO_DRAFT_LOG=str(logs / "drafts.jsonl"), SGLANG_DOMINO_DRAFT_LOGITS_DTYPE="float32",
                   SGLANG_DOMINO_MAX_SPECULATIVE_BATCH=request.param, SGLANG_DOMINO_STEP_LOG=str(logs / "steps.jsonl"))
-    proc, t0 = start_server("switching", cmd, env, logs / "server.log")
-    server = Server("switching", f"http://127.0.0.1:{cmd[cmd.index('--port') + 1]}", proc, logs / "server.log",
-                    logs / "drafts.jsonl", extra={"t_launch": t0, "setting": request.param,
-                                                  "step_log": logs / "steps.jsonl"})
+    server = Server("switching", cmd, env, logs / "server.log", logs / "drafts.jsonl", setting=request.param,
+                    step_log=logs / "steps.jsonl").start()
     try:
         wait_ready(server)
         yield server
     finally:
-        stop(server)
+        server.stop()
 
 
 @pytest.fixture(scope="module")

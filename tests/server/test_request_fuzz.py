@@ -16,16 +16,12 @@ pool returns to its idle usage, and a greedy request still equals the plain defa
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import pytest
 import requests
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-import request_fuzz as fuzz  # noqa: E402
-
-from sglang_domino.server.launch import cpu_default_dtype  # noqa: E402
+from sglang_domino.benchmarks import request_fuzz as fuzz
+from sglang_domino.server.launch import cpu_default_dtype
 
 pytestmark = [pytest.mark.server, pytest.mark.timeout(600)]
 

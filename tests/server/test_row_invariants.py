@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from .invariants import Seen, check_rows
+from sglang_domino.benchmarks.invariants import Seen, check_rows
 from .test_reliability import stream
 
 pytestmark = [pytest.mark.server, pytest.mark.timeout(900)]

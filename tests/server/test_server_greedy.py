@@ -22,7 +22,7 @@ MAX_TOKENS = [13, 21, 29, 37, 45, 50, 17, 33, 41, 64, 11, 26, 55, 19, 48, 23, 35
 
 def make_prompts(tokenizer, n: int = NUM_PROMPTS, seed: int = 0) -> list[list[int]]:
     """Prompt token ids of mixed lengths (2 .. ~300 tokens), from the tokenizer's training text."""
-    import tiny_pair
+    from sglang_domino.benchmarks import tiny_pair
 
     rng = random.Random(seed)
     ids = tokenizer(tiny_pair._CORPUS * 6, add_special_tokens=False)["input_ids"]

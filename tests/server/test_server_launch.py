@@ -147,7 +147,7 @@ def _run(cmd: list[str], env: dict) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def launches(tiny, tmp_path_factory):
-    import tiny_pair
+    from sglang_domino.benchmarks import tiny_pair
 
     root = tmp_path_factory.mktemp("bad_inputs")
     cases = build_cases(tiny, root)

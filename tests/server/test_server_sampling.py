@@ -45,8 +45,8 @@ from typing import Optional
 import numpy as np
 import pytest
 
-from .conftest import Server, cpu_env, free_port, launch_cmd, start_server, stop, wait_ready
-from .sampling_stats import (PROMPT, SETTINGS, detectable_shift, draw, exact_distributions, goodness_of_fit)
+from .conftest import Server, cpu_env, free_port, launch_cmd, wait_ready
+from sglang_domino.benchmarks.sampling_stats import (PROMPT, SETTINGS, detectable_shift, draw, exact_distributions, goodness_of_fit)
 
 pytestmark = [pytest.mark.server, pytest.mark.timeout(1500)]
 
@@ -142,13 +142,11 @@ def lossy_server(tiny, tmp_path_factory):
     python_path = os.pathsep.join(p for p in (str(LOSSY_DIR), os.environ.get("PYTHONPATH", "")) if p)
     env = cpu_env(PYTHONPATH=python_path, **{LOSSY_ENV: "1"}, SGLANG_DOMINO_DRAFT_LOG=str(draft_log),
                   SGLANG_DOMINO_DRAFT_LOGITS_DTYPE="float32", SGLANG_DOMINO_MAX_SPECULATIVE_BATCH="none")
-    proc, t0 = start_server("lossy", cmd, env, logs / "lossy.log")
-    server = Server("lossy", f"http://127.0.0.1:{cmd[cmd.index('--port') + 1]}", proc, logs / "lossy.log", draft_log,
-                    extra={"t_launch": t0, "cmd": cmd})
+    server = Server("lossy", cmd, env, logs / "lossy.log", draft_log).start()
     try:
         yield server
     finally:
-        stop(server)
+        server.stop()
 
 
 @pytest.fixture(scope="module")

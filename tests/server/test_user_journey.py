@@ -15,18 +15,15 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import requests
 
-from .conftest import free_port
-from .invariants import Seen, check_rows
+from sglang_domino.benchmarks.invariants import Seen, check_rows
+from sglang_domino.server.process import ServerProcess, free_port
 
 pytestmark = [pytest.mark.server, pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -43,31 +40,13 @@ def make_serve(tmp_path_factory):
     port = free_port()
     cli = Path(sys.executable).with_name("sglang-domino")
     env = dict(os.environ, SGLANG_DOMINO_DRAFT_LOG=str(logs / "drafts.jsonl"))  # a log only: changes nothing
-    log = open(logs / "serve.log", "w")
-    proc = subprocess.Popen([str(cli), "serve", "--host", "127.0.0.1", "--port", str(port)], env=env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+    server = ServerProcess("make-serve", [str(cli), "serve", "--host", "127.0.0.1", "--port", str(port)], env,
+                           logs / "serve.log").start()
     try:
-        deadline = time.monotonic() + 900
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, (logs / "serve.log").read_text()[-3000:]
-            try:
-                if requests.get(url + "/health", timeout=5).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            time.sleep(1.0)
-        else:
-            raise AssertionError("make serve's server never became healthy")
-        yield url, proc, logs
+        server.wait_healthy(900)
+        yield server.url, server.proc, logs
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
+        server.stop(timeout=60)
 
 
 def _chat(url: str, question: str, **params) -> dict:

@@ -1,25 +1,21 @@
-"""benchmarks/provenance.py: the record every result JSON carries names the exact weights, commit and machine."""
+"""sglang_domino/provenance.py: the record every result JSON carries names the exact weights, commit and machine."""
 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import re
 import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "benchmarks" / "provenance.py"
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("bench_provenance", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(mod)
-    return mod
+    from sglang_domino import provenance
+
+    return provenance
 
 
 def test_embedded_drafter_record_names_the_shipped_weights(tmp_path: Path) -> None:
@@ -51,7 +47,6 @@ def test_no_drafter_no_target_and_a_missing_path() -> None:
 
 
 def test_importing_it_imports_no_torch() -> None:
-    code = (f"import importlib.util, sys; s = importlib.util.spec_from_file_location('p', {str(SCRIPT)!r}); "
-            "m = importlib.util.module_from_spec(s); s.loader.exec_module(m); m.provenance(None, None); "
+    code = ("import sys; from sglang_domino.provenance import provenance; provenance(None, None); "
             "assert 'torch' not in sys.modules and 'sglang' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

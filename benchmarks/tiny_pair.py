@@ -17,7 +17,7 @@ follow the same permutation: the GRU keeps a decaying sum of the embeddings of t
 ``embed_proj`` (Linear → SiLU → Linear with the ``[A, −A]`` / ``[B, −B]`` trick, which makes it exactly linear)
 scores every vocabulary entry against it. ``shift_label=True``, ``pure_draft_prefix_len=1``.
 
-Run as a script to write a pair: ``python tests/server/tiny_pair.py OUT_DIR``.
+Run as a script to write a pair: ``python benchmarks/tiny_pair.py OUT_DIR``.
 """
 
 from __future__ import annotations
