@@ -58,6 +58,20 @@ CONTRACT: tuple[Requirement, ...] = (
                 ("candidates", "next_token_logits", "sampling_info", "draft_input", "prefix_lens", "bs",
                  "target_predict")),
     Requirement(_W2, "DFlashWorkerV2._maybe_build_draft_sampler", "overridden: no in-graph upstream head"),
+    # --- how drafting reaches our _propose_selector_block: DominoWorker sets selector to a marker, clears
+    # _is_domino (upstream's own greedy Domino rollout) and builds no draft sampler; upstream must still dispatch
+    # on exactly these attributes, in this order, or a rename would silently bypass Domino.
+    Requirement(_W2, "DFlashWorkerV2.__init__", "the attributes DominoWorker overrides after construction",
+                reads=("self._draft_sampler = None", "self.selector = ", "self.lilicorr = ", "self._is_domino = ",
+                       "self._selector_sample")),
+    Requirement(_W2, "DFlashWorkerV2.init_cuda_graphs", "the draft sampler comes from _maybe_build_draft_sampler",
+                reads=("self._draft_sampler = self._maybe_build_draft_sampler()",)),
+    Requirement(_W2, "DFlashWorkerV2.forward_batch_generation", "drafting dispatch reaching _propose_selector_block",
+                reads=("self._is_domino", "self._draft_sampler is not None and draft_out.can_run_graph",
+                       "elif self.selector is not None:", "draft_next = self._propose_selector_block(",
+                       "anchor_token_ids=block_ids[:, 0]", "self._selector_sample = None")),
+    Requirement(_W2, "DFlashWorkerV2._accept_block", "upstream's selector verification must stay off for Domino",
+                reads=("if self._selector_sample is not None:",)),
     # --- plain-width steps (draft_width): the width-shaped attributes we swap must still be what upstream uses
     Requirement(_W2, "DFlashWorkerV2.forward_batch_generation", "draft_width swaps these per step",
                 reads=("self.block_size", "_block_pos_offsets", "_draft_block_spec_info", "_draft_block_ids_buf",

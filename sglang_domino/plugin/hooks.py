@@ -36,8 +36,8 @@ batches that would otherwise crash, and calls the original otherwise. Every targ
    (:func:`.attention.sdpa_new_tokens_only`, the same attention). Prefills without a prefix keep upstream's kernel.
 
 Three more hooks are not Domino-specific: CPU fast paths (:mod:`.cpu_fast_paths`, same results) in every process
-of a CPU server that loads the plugin, plain serving included, so a benchmark compares plain, backbone and Domino
-servers on the same kernels:
+of SGLang's CPU engine (``SGLANG_USE_CPU_ENGINE=1``; never on GPUs) that loads the plugin, plain serving included,
+so a benchmark compares plain, backbone and Domino servers on the same kernels:
 
 8. ``UnquantizedLinearMethod.apply`` and 9. ``LogitsProcessor._compute_lm_head`` (its plain-weight branch): float32
    products of one or two rows as ``(W @ xᵀ)ᵀ``, of more rows through oneDNN with the weight packed once.
@@ -260,7 +260,8 @@ def _sampler_forward(original, self, logits_output, sampling_info, return_logpro
     return token_ids
 
 
-HOOKS = (
+# Domino's hooks: every process that loads the plugin (each acts only for Domino, see above).
+DOMINO_HOOKS = (
     ("sglang.srt.speculative.domino_utils.validate_domino_runtime", _validate_domino_runtime),
     ("sglang.srt.speculative.dflash_utils.parse_dflash_draft_config", _parse_dflash_draft_config),
     ("sglang.srt.speculative.draft_worker_common.resolve_draft_worker_attention_backend",
@@ -273,25 +274,38 @@ HOOKS = (
     ("sglang.srt.arg_groups.speculative_hook._resolve_speculative_algorithm_alias",
      _resolve_speculative_algorithm_alias),
     ("sglang.srt.layers.sampler.Sampler.forward", _sampler_forward),
+)
+# The CPU fast paths (8-10): only in processes of SGLang's CPU engine (SGLANG_USE_CPU_ENGINE=1), never on GPUs.
+CPU_HOOKS = (
     ("sglang.srt.layers.quantization.unquant.UnquantizedLinearMethod.apply", cpu_fast_paths.unquantized_linear_apply),
     ("sglang.srt.layers.logits_processor.LogitsProcessor._compute_lm_head", cpu_fast_paths.compute_lm_head),
     ("sglang.srt.layers.attention.torch_native_backend.TorchNativeAttnBackend._run_sdpa_forward_decode",
      cpu_fast_paths.sdpa_decode),
 )
+HOOKS = DOMINO_HOOKS + CPU_HOOKS
+
+
+def hooks_for_process(cpu_engine: bool) -> tuple:
+    """The hooks this process gets: Domino's, plus the CPU fast paths on SGLang's CPU engine."""
+    return DOMINO_HOOKS + (CPU_HOOKS if cpu_engine else ())
+
 
 _registered = False
 
 
 def register_hooks() -> None:
-    """Register every hook once per process (``load_plugins`` applies them right after the plugins ran)."""
+    """Register this process's hooks once (``load_plugins`` applies them right after the plugins ran)."""
     global _registered
     if _registered:
         return
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType
 
-    for target, fn in HOOKS:
+    from sglang_domino.plugin.cpu_sgl_kernel import cpu_engine_selected
+
+    for target, fn in hooks_for_process(cpu_engine_selected()):
         HookRegistry.register(target, fn, HookType.AROUND)
     _registered = True
 
 
-__all__ = ["HOOKS", "SEEDS_ATTR", "building_domino_worker", "domino_worker_scope", "register_hooks"]
+__all__ = ["CPU_HOOKS", "DOMINO_HOOKS", "HOOKS", "SEEDS_ATTR", "building_domino_worker", "domino_worker_scope",
+           "hooks_for_process", "register_hooks"]
