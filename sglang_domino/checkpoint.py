@@ -1,7 +1,7 @@
 """Checkpoint I/O in the published drafter format (SpecForge / z-lab / Model-Optimizer; what SGLang loads).
 
 A checkpoint is a directory with ``config.json`` and ``model.safetensors`` (or sharded
-``model-*.safetensors``) holding unprefixed tensor names (REFERENCE §2). Legacy names are accepted
+``model-*.safetensors``) holding unprefixed tensor names (the SpecForge / z-lab export layout). Legacy names are accepted
 on load: ``logit_head.prefix_gru.*`` / ``logit_head.embed_proj.*`` (early Domino) and a ``model.`` prefix.
 """
 

@@ -1,6 +1,6 @@
 """DominoConfig: the one description of a drafter, read from every published ``config.json`` variant.
 
-Published layouts (REFERENCE §2) that all parse to the same object:
+Published layouts (SpecForge, z-lab and Model-Optimizer DFlash/Domino exports) that all parse to the same object:
 
 * SpecForge / z-lab ``DFlashDraftModel``: Qwen3 dims at top level, ``block_size`` and
   ``num_target_layers`` at top level, Domino fields inside ``dflash_config``.

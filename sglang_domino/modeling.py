@@ -148,7 +148,7 @@ class ContextKVCache:
 
 
 class DominoDrafter(nn.Module):
-    """DFlash backbone + optional Domino head, with the published parameter names (REFERENCE §2)."""
+    """DFlash backbone + optional Domino head, with the published parameter names (those of SpecForge / z-lab exports)."""
 
     def __init__(self, config: DominoConfig) -> None:
         super().__init__()

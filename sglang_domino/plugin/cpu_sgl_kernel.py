@@ -4,7 +4,7 @@ PyPI has no CPU build of ``sgl-kernel``. With ``SGLANG_USE_CPU_ENGINE=1`` SGLang
 (``from sgl_kernel import ...`` under ``if _is_cpu:``), eight names, so without them not even plain serving starts:
 
 * called by plain serving, implemented here: ``copy_all_layer_kv_cache_cpu`` (``kernels/ops/kvcache/cache_move.py``),
-  ``assign_req_to_token_pool_cpu`` (``srt/mem_cache/allocation.py``) -- the two of REFERENCE §4;
+  ``assign_req_to_token_pool_cpu`` (``srt/mem_cache/allocation.py``) -- the two SGLang's CPU engine calls on every request;
 * called by the DFlash/Domino worker (draft block KV slots), implemented here: ``assign_extend_cache_locs_cpu``
   (``kernels/ops/speculative/cache_locs.py``);
 * imported but only *called* by EAGLE/NGRAM tree speculation: ``assign_draft_cache_locs_contiguous_cpu``,

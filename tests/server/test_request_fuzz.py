@@ -1,4 +1,4 @@
-"""A bounded, seeded random request fuzzer against the default Domino server (issue 25, item 6).
+"""A bounded, seeded random request fuzzer against the default Domino server.
 
 Random valid requests -- ``/generate`` with ``input_ids`` and ``text``, ``/v1/chat/completions``,
 ``/v1/completions`` -- mixing temperature 0 and sampling, top-p / top-k / min-p, frequency / presence /
