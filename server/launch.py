@@ -5,9 +5,9 @@
 It runs ``python -m sglang.launch_server --model-path T --speculative-algorithm domino
 --speculative-draft-model-path D ...`` -- the same command a user can type, the plugin being loaded by SGLang's
 own entry-point mechanism -- plus, on a machine without CUDA, what SGLang's CPU engine needs
-(``SGLANG_USE_CPU_ENGINE=1``, ``--device cpu --attention-backend torch_native``, bf16 on CPUs with bf16 units and
-float32 otherwise, a verify width of 4 and a bounded KV pool, each unless given). Without ``--target``/``--draft``
-it serves the embedded default pair. It checks the drafter before starting (one line on error, exit 2), waits for
+(``SGLANG_USE_CPU_ENGINE=1``, ``--device cpu --attention-backend torch_native``, float32 -- bit-equal to plain
+float32 decoding, see :func:`cpu_default_dtype` --, a verify width of 4 and a bounded KV pool, each unless given).
+Without ``--target``/``--draft`` it serves the embedded default pair. It checks the drafter before starting (one line on error, exit 2), waits for
 ``/health``, then prints the URL and a curl example, and stays in the foreground until the server exits or is
 interrupted.
 """
@@ -22,7 +22,6 @@ import signal
 import sys
 from typing import Optional, Sequence
 
-from sglang_domino.hardware import cpu_has_bf16_units
 from sglang_domino.server.process import ServerProcess, ServerStartError
 
 DEFAULT_HOST = "127.0.0.1"
@@ -88,11 +87,18 @@ def resolve_pair(target: Optional[str], draft: Optional[str]) -> tuple[str, str]
 
 
 def cpu_default_dtype() -> str:
-    """bf16 where the CPU has bf16 units, else float32.
+    """float32, on every CPU. ``--dtype`` given by the user always wins.
 
-    Why: without them PyTorch emulates bf16 matmuls, measured 3-40x slower than float32 on the AVX2 machines
-    this project runs on. ``--dtype`` given by the user always wins."""
-    return "bfloat16" if cpu_has_bf16_units() else "float32"
+    Why: float32 serving is bit-equal to plain float32 decoding token for token, and it was not slower where bf16
+    was measured against it. On an AVX512-BF16 machine (2 cores, SmolLM2-135M, 2026-12-07, single runs, 12 chat
+    prompts, 128 tokens): plain decoding 17.4 tok/s in float32 vs 14.5 / 14.9 in bf16 at one request, 50.7 vs
+    48.4 / 32.1 at four; Domino 20.1 vs 16.0 / 14.8 at one, 44.9 vs 34.8 / 41.2 at four. In bf16 a multi-token
+    verify and a one-token decode round differently, so Domino's outputs differed from plain bf16 decoding in most
+    requests (plain bf16 is itself batch-dependent). Without bf16 units PyTorch emulates bf16 matmuls, 3-40x
+    slower than float32 (AVX2 machines). bf16 remains a flag away (``--dtype bfloat16``) for throughput at high
+    concurrency on CPUs with AMX/AVX512-BF16, where GEMM peaks are ~2x float32's; it was not measured there.
+    """
+    return "float32"
 
 
 def build_command(target: str, draft: Optional[str], host: str, port: int, extra: Sequence[str], *,

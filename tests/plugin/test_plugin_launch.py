@@ -9,7 +9,8 @@ from conftest import random_drafter
 
 from sglang_domino import save_drafter
 from sglang_domino.server import launch
-from sglang_domino.server.launch import build_command, cpu_has_bf16_units, curl_example
+from sglang_domino.hardware import cpu_has_bf16_units
+from sglang_domino.server.launch import build_command, curl_example
 
 
 def test_cpu_command_is_plain_sglang_with_domino_flags() -> None:
@@ -24,17 +25,26 @@ def test_cpu_command_is_plain_sglang_with_domino_flags() -> None:
     assert "--sleep-on-idle" in cmd  # an idle CPU scheduler must not busy-poll a core
 
 
-def test_cpu_dtype_default_follows_bf16_units(tmp_path, monkeypatch) -> None:
+def test_cpu_bf16_units_detection(tmp_path) -> None:
     avx2 = tmp_path / "avx2"
     avx2.write_text("flags\t\t: fpu sse avx avx2 fma\n")
     amx = tmp_path / "amx"
     amx.write_text("flags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n")
     assert not cpu_has_bf16_units(str(avx2)) and cpu_has_bf16_units(str(amx))
     assert not cpu_has_bf16_units(str(tmp_path / "missing"))
-    for has_units, dtype in ((False, "float32"), (True, "bfloat16")):
-        monkeypatch.setattr(launch, "cpu_has_bf16_units", lambda: has_units)
+
+
+def test_cpu_dtype_default_is_float32_on_every_cpu(monkeypatch) -> None:
+    """float32 is bit-equal to plain decoding and measured not slower than bf16 on a bf16 machine (see
+    launch.cpu_default_dtype); the user's --dtype wins."""
+    import sglang_domino.hardware as hardware
+
+    for has_units in (False, True):
+        monkeypatch.setattr(hardware, "cpu_has_bf16_units", lambda: has_units)
         cmd, _ = build_command("T", "D", "127.0.0.1", 30000, [], cpu=True)
-        assert cmd[cmd.index("--dtype") + 1] == dtype
+        assert cmd[cmd.index("--dtype") + 1] == "float32"
+    cmd, _ = build_command("T", "D", "127.0.0.1", 30000, ["--dtype", "bfloat16"], cpu=True)
+    assert cmd.count("--dtype") == 1 and cmd[cmd.index("--dtype") + 1] == "bfloat16"
 
 
 def test_cpu_verify_width_default_and_override() -> None:
