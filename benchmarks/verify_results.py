@@ -248,6 +248,13 @@ def request_fuzz(data: list[Any], opts: dict[str, str]) -> str:
     return "\n".join(rows)
 
 
+def memory_model(data: list[Any], opts: dict[str, str]) -> str:
+    """``benchmarks/memory_model.py --json``: that script's own table (a MODEL: MiB of extra peak GPU memory per N)."""
+    from sglang_domino.benchmarks.memory_model import markdown
+
+    return markdown(data[0])
+
+
 def _yes(b: Any) -> str:
     return "yes" if b else "no"
 
@@ -269,6 +276,7 @@ KINDS: dict[str, Kind] = {
     "round-profile": Kind(round_profile),
     "draft-temperature-sweep": Kind(draft_temperature_sweep, needs_paths=True),
     "request-fuzz": Kind(request_fuzz),
+    "memory-model": Kind(memory_model),
 }
 
 
