@@ -1,8 +1,9 @@
 """Domino correction kernels behind one small interface (eager reference in ``reference.py``).
 
 * :func:`correction_loop` - the per-block correction. CUDA + greedy + a Domino head: fused Triton
-  kernels replayed from a CUDA graph per batch-size bucket (:mod:`.cuda_graph`); everything else
-  (CPU, sampling selectors, no head): :func:`correction_loop_eager`. Same tokens either way (in fp32;
+  kernels replayed from a CUDA graph per batch-size bucket (:mod:`.cuda_graph`; a server captures
+  them at start: ``prepare_graph_runner`` on ``sglang_decode_batch_sizes(server_args)``); everything
+  else (CPU, sampling selectors, no head): :func:`correction_loop_eager`. Same tokens either way (in fp32;
   with bf16 inputs the fused path is the fp32-accurate one, see :mod:`.triton_correction`).
 * :func:`gru_cell` - one GRU step: the Triton kernel for CUDA tensors outside autograd, the eager
   reference otherwise.
@@ -49,6 +50,11 @@ __all__ = [
     "CorrectionLoopGraphRunner",
     "graph_runner_for",
     "DEFAULT_BUCKETS",
+    "CaptureReport",
+    "CudaGraphBackend",
+    "GraphBackend",
+    "prepare_graph_runner",
+    "sglang_decode_batch_sizes",
     "triton_available",
 ]
 
@@ -63,6 +69,11 @@ _LAZY = {
     "CorrectionLoopGraphRunner": ("cuda_graph", "CorrectionLoopGraphRunner"),
     "graph_runner_for": ("cuda_graph", "graph_runner_for"),
     "DEFAULT_BUCKETS": ("cuda_graph", "DEFAULT_BUCKETS"),
+    "CaptureReport": ("cuda_graph", "CaptureReport"),
+    "CudaGraphBackend": ("cuda_graph", "CudaGraphBackend"),
+    "GraphBackend": ("cuda_graph", "GraphBackend"),
+    "prepare_graph_runner": ("cuda_graph", "prepare_graph_runner"),
+    "sglang_decode_batch_sizes": ("cuda_graph", "sglang_decode_batch_sizes"),
 }
 
 
