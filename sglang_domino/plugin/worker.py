@@ -167,6 +167,8 @@ class DominoWorker(DFlashWorkerV2):
             drafting_head = self._target_weights(target_lm_head_module)[1]
             cpu_linear.prepack(cpu_linear.weight_owner(drafting_head), drafting_head)
             cpu_fast_paths.prepack_linears(self.draft_model)
+        if device_type == "cuda" and head is not None:
+            self._capture_correction_graphs(server_args, head, target_lm_head_module)
         logger.info(
             "Domino worker ready: block_size=%d, shift_label=%s, pure_draft_prefix_len=%d, head=%s, device=%s, "
             "draft logits in %s (target lm_head %s), exact full-vocabulary correction, sampled drafts at %.2f x the "
@@ -177,6 +179,42 @@ class DominoWorker(DFlashWorkerV2):
             str(target_lm_head.dtype).removeprefix("torch."), self._draft_temperature_scale,
             self._width_rule.describe(),
         )
+
+    def _capture_correction_graphs(self, server_args, head: DominoHeadWeights, lm_head_module) -> None:
+        """Capture the greedy correction loop's CUDA graphs now, at worker start -- right after SGLang's own graph
+        phase, before the first request -- for SGLang's decode batch sizes up to ``--max-running-requests``.
+        A bucket whose capture fails runs uncaptured on its own (logged once); none is captured in a request.
+
+        Unverified here (no GPU yet): ``scripts/gpu_check.py`` checks the runner on CUDA; this call's arguments
+        are those :func:`sglang_domino.rollout.draft_from_hidden` passes to :func:`sglang_domino.kernels.
+        correction_loop`, which finds the runner by them."""
+        from sglang.srt.arg_groups.overrides import resolving_view
+
+        from sglang_domino.kernels import triton_available
+        from sglang_domino.kernels.cuda_graph import prepare_graph_runner, sglang_decode_batch_sizes
+
+        cfg = resolving_view(server_args)
+        if getattr(cfg, "disable_cuda_graph", False) or not triton_available():
+            logger.info("Domino: correction loop without CUDA graphs (%s)",
+                        "--disable-cuda-graph" if triton_available() else "Triton unavailable")
+            return
+        limit = int(getattr(cfg, "max_running_requests", None) or 48)
+        buckets = tuple(b for b in sglang_decode_batch_sizes(server_args) if b <= limit)
+        embed_weight, drafting_head = self._target_weights(lm_head_module)
+        dtype = self.draft_model_runner.dtype  # the backbone's hidden states; base logits are cast to it
+        try:
+            runner, report = prepare_graph_runner(
+                head, embed_weight, int(self.domino_config.pure_draft_prefix_len), int(self.block_size) - 1,
+                int(drafting_head.shape[0]), int(self.domino_config.hidden_size), base_dtype=dtype, z_dtype=dtype,
+                buckets=buckets)
+        except Exception as exc:  # noqa: BLE001 - drafting stays exact uncaptured; say why graphs are off
+            logger.warning("Domino: correction-loop CUDA graphs not captured (%r); running uncaptured", exc)
+            return
+        logger.info("Domino: correction-loop CUDA graphs for batch sizes %s captured in %.1f s (static buffers "
+                    "%.0f MB, graph pool %s MB)%s", list(report.captured), report.seconds,
+                    report.static_bytes / 2**20,
+                    "?" if report.graph_bytes is None else f"{report.graph_bytes / 2**20:.0f}",
+                    f"; failed, uncaptured: {list(report.failed)}" if report.failed else "")
 
     # ---------------------------------------------------------------- weights
     def domino_head(self) -> Optional[DominoHeadWeights]:
