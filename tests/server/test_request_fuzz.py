@@ -21,6 +21,7 @@ import pytest
 import requests
 
 from sglang_domino.benchmarks import request_fuzz as fuzz
+from sglang_domino.benchmarks.fuzz_cases import KINDS
 from sglang_domino.server.launch import cpu_default_dtype
 
 pytestmark = [pytest.mark.server, pytest.mark.timeout(600)]
@@ -47,7 +48,7 @@ def pools(tiny) -> fuzz.Pools:
 def test_seeded_cases_cover_every_feature(pools) -> None:
     """The seed's cases (deterministic) exercise everything the fuzzer is meant to mix."""
     cases = fuzz.make_cases(SEED, REQUESTS, pools)[:MIN_SENT]
-    assert {c.kind for c in cases} == set(fuzz.KINDS)
+    assert {c.kind for c in cases} == set(KINDS)
     assert {c.n for c in cases} == {1, 2, 3}
     assert any(c.stream and c.hang_up_after for c in cases)
     assert any(c.stream and not c.hang_up_after for c in cases)
