@@ -137,14 +137,11 @@ def make_case(rng: random.Random, index: int, pools: Pools, *, grammar: bool = T
         case.abort_after_s = round(rng.uniform(0.02, 1.5), 3)
     text = rng.choice(pools.texts)
 
+    # The same names in SGLang's sampling_params and in its OpenAI extensions.
+    stopping = {key: value for key, value in (("stop", stop), ("stop_token_ids", stop_ids),
+                                               ("ignore_eos", ignore_eos or None)) if value}
     if kind.startswith("generate"):
-        params = dict(sp, max_new_tokens=max_tokens, n=n)
-        if stop:
-            params["stop"] = stop
-        if stop_ids:
-            params["stop_token_ids"] = stop_ids
-        if ignore_eos:
-            params["ignore_eos"] = True
+        params = dict(sp, max_new_tokens=max_tokens, n=n, **stopping)
         if schema:
             params["json_schema"] = json.dumps(SCHEMAS[schema])
         body: dict[str, Any] = {"sampling_params": params}
@@ -168,12 +165,7 @@ def make_case(rng: random.Random, index: int, pools: Pools, *, grammar: bool = T
                 body[key] = sp[key]
         if "sampling_seed" in sp:
             body["seed"] = sp["sampling_seed"]
-        if stop:
-            body["stop"] = stop
-        if stop_ids:
-            body["stop_token_ids"] = stop_ids
-        if ignore_eos:
-            body["ignore_eos"] = True
+        body.update(stopping)
         if kind == "chat":
             messages = [{"role": "user", "content": text}]
             if rng.random() < 0.25:
