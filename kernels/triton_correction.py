@@ -429,8 +429,12 @@ def _reduce_rows(n: int, block_t: int) -> int:
 def correction_hidden(z: torch.Tensor, h: torch.Tensor, w1: torch.Tensor, w2_dtype: torch.dtype) -> torch.Tensor:
     """``u = SiLU(W1 · [z | h])`` as fp32 [N, r] (one kernel, no concatenation).
 
-    Values are rounded to ``w2_dtype`` when that is 16-bit (see the module docstring).
+    Values are rounded to ``w2_dtype`` when that is 16-bit (see the module docstring). Inputs may be
+    strided views (rows are read through their strides; a non-unit last stride is copied first).
     """
+    if z.ndim != 2 or h.ndim != 2 or z.shape[0] != h.shape[0] or w1.ndim != 2 or w1.shape[1] != z.shape[1] + h.shape[1]:
+        raise ValueError(f"z {tuple(z.shape)}, h {tuple(h.shape)} must be [N, H], [N, G] and w1 "
+                         f"{tuple(w1.shape)} [r, H+G]")
     check_launchable(z, h, w1)
     z, h, w1 = _row_major(z), _row_major(h), _row_major(w1)
     n, hdim = z.shape
@@ -506,6 +510,9 @@ def fused_correction_argmax(
             (looked up in a per-weight cache when omitted).
         block_v: vocabulary rows per tile (power of two >= 16); default :func:`default_block_v`.
 
+    Every tensor may be a strided view (e.g. ``base[:, slot]``): rows are read through their strides,
+    and a tensor whose last dimension is not unit-stride is copied first.
+
     Returns:
         token_ids int64 [N] (ties to the lowest id) and best_logit fp32 [N] (the winning corrected logit).
     """
@@ -563,8 +570,9 @@ def _argmax_impl(
     block_t = min(_next_pow2(num_tiles), 1024)
     if prune:
         tnorm = w2_tile_norms if w2_tile_norms is not None else w2_tile_row_norm_max(w2, bv)
-        if tnorm.shape != (num_tiles,) or tnorm.dtype != torch.float32:
-            raise ValueError(f"w2_tile_norms must be fp32 [{num_tiles}] for block_v={bv}")
+        if tnorm.shape != (num_tiles,) or tnorm.dtype != torch.float32 or tnorm.device != dev:
+            raise ValueError(f"w2_tile_norms must be fp32 [{num_tiles}] on {dev} for block_v={bv}")
+        tnorm = tnorm.contiguous()  # the kernels index it with unit stride
         base_tile_max = torch.empty((n, num_tiles), dtype=torch.float32, device=dev)
         lower = torch.empty(n, dtype=torch.float32, device=dev)
         unorm = torch.empty(n, dtype=torch.float32, device=dev)

@@ -97,7 +97,7 @@ def _round_to(x, DST: tl.constexpr):
 @triton.jit
 def _gru_cell_kernel(
     x_ptr,  # [N, H] rows of x, or the [V, H] embedding table when GATHER
-    tok_ptr,  # [N] int64 token ids (GATHER only)
+    tok_ptr,  # [N] int64 token ids, any stride (GATHER only)
     h_ptr,  # [N, G]
     wih_ptr,  # [3G, H]
     whh_ptr,  # [3G, G]
@@ -105,6 +105,7 @@ def _gru_cell_kernel(
     N,
     H,
     G,
+    stride_tok,
     stride_xn,
     stride_hn,
     stride_wih,
@@ -125,7 +126,8 @@ def _gru_cell_kernel(
     rmask = rows < N
     cmask = cols < G
     if GATHER:
-        src_rows = tl.load(tok_ptr + rows, mask=rmask, other=0).to(tl.int64)
+        # Upstream hands over column views (``block_ids[:, 0]``, stride = block size): read through the stride.
+        src_rows = tl.load(tok_ptr + rows.to(tl.int64) * stride_tok, mask=rmask, other=0).to(tl.int64)
     else:
         src_rows = rows.to(tl.int64)
     h_ty = h_ptr.dtype.element_ty
@@ -214,26 +216,50 @@ def _launch(
     if tokens is None and x.shape[0] != n:
         raise ValueError(f"x has {x.shape[0]} rows, h has {n}")
     check_launchable(x, h, w_ih, w_hh)
-    # The kernel assumes unit stride along the last dim (row-major rows); copies only if not.
+    # Any strides in: the kernel takes row strides (and the token stride) as arguments and assumes unit
+    # stride along the last dim; a tensor without it is copied (and ``out`` written through a copy).
     x = x if x.stride(-1) == 1 else x.contiguous()
     h = h if h.stride(-1) == 1 else h.contiguous()
     w_ih = w_ih.contiguous()
     w_hh = w_hh.contiguous()
     if out is None:
-        out = torch.empty_like(h, memory_format=torch.contiguous_format)
+        target = out = torch.empty_like(h, memory_format=torch.contiguous_format)
+    else:
+        if out.shape != (n, g) or out.device != h.device:
+            raise ValueError(f"out must be [{n}, {g}] on {h.device}, got {tuple(out.shape)} on {out.device}")
+        if _overlaps(out, h):
+            raise ValueError("out must not alias h (other programs still read h while the kernel writes out)")
+        target = out if out.stride(-1) == 1 or g <= 1 else torch.empty_like(out, memory_format=torch.contiguous_format)
     if n == 0:
         return out
     block_n, block_g, block_k = _block_sizes(n, hdim, g)
     grid = (triton.cdiv(n, block_n), triton.cdiv(g, block_g))
     _gru_cell_kernel[grid](
-        x, tokens if tokens is not None else x, h, w_ih, w_hh, out,
+        x, tokens if tokens is not None else x, h, w_ih, w_hh, target,
         n, hdim, g,
-        x.stride(0), h.stride(0), w_ih.stride(0), w_hh.stride(0), out.stride(0),
+        tokens.stride(0) if tokens is not None else 0,
+        x.stride(0), h.stride(0), w_ih.stride(0), w_hh.stride(0), target.stride(0),
         GATHER=tokens is not None,
         UPCAST=_upcast(x, h, w_ih, w_hh),
         BLOCK_N=block_n, BLOCK_G=block_g, BLOCK_K=block_k,
     )
+    if target is not out:
+        out.copy_(target)
     return out
+
+
+def _overlaps(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two tensors' memory spans intersect (host-side; conservative for interleaved views)."""
+    if a.numel() == 0 or b.numel() == 0 or a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr():
+        return False
+
+    def span(t: torch.Tensor) -> tuple[int, int]:
+        start = t.data_ptr()
+        extent = sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))
+        return start, start + (extent + 1) * t.element_size()
+
+    (a0, a1), (b0, b1) = span(a), span(b)
+    return a0 < b1 and b0 < a1
 
 
 def gru_cell(
@@ -241,12 +267,16 @@ def gru_cell(
 ) -> torch.Tensor:
     """One bias-free GRU step in one Triton kernel.
 
+    Every tensor may be a strided view: rows are read through their strides (a tensor whose last
+    dimension is not unit-stride is copied first, and such an ``out`` is written through a copy).
+
     Args:
         x: [N, H] input (any float dtype; rounded to ``h.dtype`` first, as the eager loop does).
         h: [N, G] previous hidden state.
         w_ih: [3G, H] ``weight_ih_l0`` (gates r, z, n).
         w_hh: [3G, G] ``weight_hh_l0``.
-        out: optional [N, G] output buffer (must not alias ``h``: other programs still read it).
+        out: optional [N, G] output buffer, any strides (must not overlap ``h``: other programs still
+            read it; refused with ValueError).
 
     Returns:
         h_new [N, G] in ``h.dtype``; fp32 accumulation and gate math.
@@ -265,7 +295,8 @@ def gru_cell_tokens(
     """``gru_cell(embed_weight[tokens], h, w_ih, w_hh)`` with the embedding gather fused into the kernel.
 
     Args:
-        tokens: [N] token ids (any integer dtype; not bounds-checked, as in a CUDA embedding kernel).
+        tokens: [N] token ids (any integer dtype, any stride, e.g. the column view ``block_ids[:, 0]``;
+            not bounds-checked, as in a CUDA embedding kernel).
         embed_weight: [V, H] the target's input embedding table.
         h, w_ih, w_hh, out: as in :func:`gru_cell`.
     """

@@ -183,3 +183,25 @@ def test_kernels_compile_for_sm90() -> None:
     env = {k: v for k, v in __import__("os").environ.items() if k != "TRITON_INTERPRET"}
     res = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0 and "ALL OK" in res.stdout, res.stdout[-2000:] + res.stderr[-4000:]
+
+
+def test_fused_loop_takes_upstream_strided_anchor_column(triton_ready) -> None:
+    """Issue 26: upstream passes ``anchor_token_ids = block_ids[:, 0]``, a column view with stride block_size.
+
+    Above the largest CUDA-graph bucket (32) that view reaches the Triton GRU kernel uncopied; it must
+    read token ids through the view's stride, not as if they were packed (rows 1.. drafted from the
+    wrong tokens before)."""
+    from sglang_domino.kernels.cuda_graph import DEFAULT_BUCKETS, correction_loop_fused
+
+    n, block_size = 40, 16
+    assert n > DEFAULT_BUCKETS[-1]
+    base, z, _, embed, head = _block(n, p=block_size - 1, seed=26)
+    gen = torch.Generator().manual_seed(260)
+    block_ids = torch.randint(0, base.shape[-1], (n, block_size), generator=gen)
+    bonus = block_ids[:, 0]
+    assert bonus.stride() == (block_size,)
+    expected, _ = correction_loop_eager(base, z, bonus.contiguous(), embed, head, 1)
+    base_d, z_d, _, embed_d, head_d = _to(triton_ready, base, z, bonus, embed, head)
+    got = correction_loop_fused(base_d, z_d, block_ids.to(triton_ready)[:, 0], embed_d, head_d, 1, block_v=64)
+    wrong_rows = (got.cpu() != expected).any(1).nonzero().flatten().tolist()
+    assert not wrong_rows, f"rows drafted from the wrong anchor tokens: {wrong_rows}"
