@@ -65,7 +65,10 @@ def _levels(levels: list[dict[str, Any]], opts: dict[str, str]) -> list[dict[str
 
 
 def serving(data: list[Any], opts: dict[str, str]) -> str:
-    """``sglang-domino bench --json``: one row per concurrency (the median run of each)."""
+    """``sglang-domino bench --json`` as written before paired ratios (a top-level ``levels``): one row per
+    concurrency (the median run of each). Newer files: ``serving-paired``."""
+    if "levels" not in data[0] and "configs" in data[0]:
+        raise TableError("this bench JSON has the paired layout (configs -> levels): use the serving-paired kind")
     levels = _levels(data[0]["levels"], opts)
     always = bool(levels) and all("domino_always_tok_s" in lv for lv in levels)
     equal = opts.get("equal", "on") != "off" and all("domino_requests_equal_plain" in lv for lv in levels)
@@ -86,6 +89,20 @@ def serving(data: list[Any], opts: dict[str, str]) -> str:
         cells += [f"{lv['domino_requests_equal_plain']}/{lv['num_prompts']}"] if equal else []
         rows.append(_row(cells))
     return "\n".join(rows)
+
+
+def serving_paired(data: list[Any], opts: dict[str, str]) -> str:
+    """``sglang-domino bench --json`` with paired ratios (``configs`` -> ``levels``): one configuration's table,
+    the same text as the benchmark's ``.md`` (``benchmarks/paired.py`` writes both)."""
+    from sglang_domino.benchmarks.paired import markdown_table
+
+    configs = data[0]["configs"]
+    name = opts.get("config", next(iter(configs), ""))
+    if name not in configs:
+        raise TableError(f"no configuration {name!r} in the JSON (it has {list(configs)}; "
+                         f"skipped: {data[0].get('skipped', {})})")
+    levels = _levels(configs[name]["levels"], opts)
+    return markdown_table(levels, equal=opts.get("equal", "on") != "off")
 
 
 def serving_compare(data: list[Any], opts: dict[str, str]) -> str:
@@ -269,6 +286,7 @@ class Kind:
 
 KINDS: dict[str, Kind] = {
     "serving": Kind(serving),
+    "serving-paired": Kind(serving_paired),
     "serving-compare": Kind(serving_compare, 1, None),
     "eval-by-kind": Kind(eval_by_kind),
     "eval-compare": Kind(eval_compare, 1, None),
