@@ -18,8 +18,9 @@ P = 15 proposals, bf16 drafting. It counts the tensors the code materialises, re
   probabilities, kept in a list; ``torch.stack`` then copies the P slots into [N, P, V] fp32 while the list is
   alive (8 B per element of [N, P, V]).
 * sampled verification (``verify.verify_sampling``): the draft probabilities [N, P, V] fp32 kept since drafting,
-  and ``target_distributions``: ``filtered_probs`` on all N·(P+1) target rows at once, [N·(P+1), V] (the sort of an
-  [N·(P+1), V] fp32 tensor and its int64 indices: 29 B per element at its peak); afterwards the target
+  and ``target_distributions``: ``filtered_probs`` on all N·(P+1) target rows, [N·(P+1), V] fp32, filtered in
+  chunks of at most 2^24 elements (110 rows of V 151,936) at 29 B per element, so the rest costs its 4-byte
+  result only; afterwards the target
   distributions and the zero-padded copy of q (``torch.cat``), [N, P+1, V] fp32 each. Plain SGLang samples from
   N rows per step without sorting, so all of it is Domino's.
 
@@ -47,6 +48,9 @@ MIB = 2**20
 BATCH_SIZES = (1, 2, 4, 8, 16, 32, 48, 64)
 # filtered_probs on one [rows, V] block: bytes per element at its peak (see the module docstring).
 FILTER_PEAK_BYTES = 29
+# sglang_domino.sampling.FILTER_CHUNK_ELEMENTS: filtered_probs takes its rows in chunks of at most this many elements
+# (not imported: this model imports no torch).
+FILTER_CHUNK_ELEMENTS = 1 << 24
 
 
 @dataclass(frozen=True)
@@ -87,15 +91,24 @@ def greedy(d: Dims, n: int) -> dict[str, int]:
     return parts
 
 
+def filter_peak(rows: int, vocab: int) -> int:
+    """``sampling.filtered_probs`` on [rows, V]: the fp32 result, plus one chunk of at most
+    ``FILTER_CHUNK_ELEMENTS`` elements filtered at a time (the whole block when it fits one chunk)."""
+    chunk_rows = max(1, FILTER_CHUNK_ELEMENTS // vocab)
+    if rows <= chunk_rows:
+        return FILTER_PEAK_BYTES * rows * vocab
+    return 4 * rows * vocab + FILTER_PEAK_BYTES * chunk_rows * vocab
+
+
 def sampled(d: Dims, n: int) -> dict[str, int]:
     p, v, b = d.proposals, d.vocab, d.block
     nv = n * v
-    per_slot = 2 * nv * d.elem + FILTER_PEAK_BYTES * nv  # correction + corrected logits, then the filtering
+    per_slot = 2 * nv * d.elem + filter_peak(n, v)  # correction + corrected logits, then the filtering
     last_slot = (p - 1) * 4 * nv + per_slot  # P-1 slots' probabilities kept while the last one filters
     stack = 2 * p * 4 * nv + 2 * nv * d.elem  # the list and the stacked copy, beside the last slot's logits
     drafting_peak = base_logits(d, n) + max(last_slot, stack)
     draft_probs = p * 4 * nv
-    verify_filter = draft_probs + FILTER_PEAK_BYTES * b * nv
+    verify_filter = draft_probs + filter_peak(b * n, v)
     verify_after = draft_probs + 2 * b * 4 * nv
     verification_peak = max(verify_filter, verify_after)
     static = static_buffers(d)
@@ -108,7 +121,7 @@ def model(d: Dims = Dims(), batch_sizes: tuple[int, ...] = BATCH_SIZES) -> dict[
     return {
         "kind": "memory model (arithmetic from the source, not a measurement)",
         "dims": {**asdict(d), "proposals": d.proposals},
-        "filter_peak_bytes_per_element": FILTER_PEAK_BYTES,
+        "filter_peak_bytes_per_element": FILTER_PEAK_BYTES, "filter_chunk_elements": FILTER_CHUNK_ELEMENTS,
         "rows": [{"N": n, "greedy": greedy(d, n), "sampled": sampled(d, n)} for n in batch_sizes],
     }
 

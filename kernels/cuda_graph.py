@@ -402,6 +402,9 @@ class CorrectionLoopGraphRunner:
             and tuple(z.shape) == (base_logits.shape[0], self.num_proposals, self.hidden_size)
             and tuple(bonus_tokens.shape) == (base_logits.shape[0],)
             and base_logits.device == self.device
+            # Copied into the static buffers: another dtype would be rounded into them silently.
+            and base_logits.dtype == self.base_dtype
+            and z.dtype == self.z_dtype
         )
 
     def run(self, base_logits: torch.Tensor, z: torch.Tensor, bonus_tokens: torch.Tensor) -> torch.Tensor:

@@ -19,6 +19,13 @@ def test_hand_computed_cells() -> None:
     s1 = mm.sampled(d, 1)
     assert s1["draft_probs_kept"] == 60 * V
     assert s1["verification_peak"] == (60 + 29 * 16) * V == 79_614_464
+    # Sampled verification at N = 64: 1,024 target rows exceed one filtering chunk (2**24 // V = 110 rows): the fp32
+    # result of all of them (4 B) + 110 rows at 29 B, beside the draft probs [64, 15, V] fp32; afterwards the target
+    # distributions and the padded q, [64, 16, V] fp32 each, are the larger of the two.
+    assert (2**24) // V == 110
+    assert mm.filter_peak(1024, V) == (4 * 1024 + 29 * 110) * V
+    assert mm.sampled(d, 64)["verification_peak"] == max(64 * 15 * 4 + 4 * 1024 + 29 * 110,
+                                                         64 * 15 * 4 + 2 * 16 * 4 * 64) * V
     # Sampled drafting at N = 1: base logits 30 B per V + the stack (list + copy: 120) + last slot's bf16 logits (4).
     assert s1["drafting_peak"] == (30 + 120 + 4) * V
     assert s1["extra_peak"] == 149_794_816 + 79_614_464
