@@ -223,6 +223,17 @@ def round_profile(data: list[Any], opts: dict[str, str]) -> str:
     return markdown(data[0], table_only="table-only" in opts)
 
 
+def roofline(data: list[Any], opts: dict[str, str]) -> str:
+    """``benchmarks/roofline.py --json``: measured steps against their floors (``table=measured``, the default),
+    the cost per extra verified row (``table=slope``) or the model's floors (``table=model``, ``dtype=...``)."""
+    from sglang_domino.benchmarks.roofline import markdown
+
+    table = opts.get("table", "measured")
+    if table != "model" and "comparison" not in data[0]:
+        raise TableError("this roofline JSON has no measured steps (run it with --measure or --step-log)")
+    return markdown(data[0], table=table, dtype=opts.get("dtype"))
+
+
 SWEEP_LABELS = {"pm": "point masses (greedy drafts, upstream's rule)",
                 "1.0": "sampled at T (scale 1.0)",
                 "0.6": "sampled at 0.6 T (scale 0.6, the default)"}
@@ -292,6 +303,7 @@ KINDS: dict[str, Kind] = {
     "eval-compare": Kind(eval_compare, 1, None),
     "sampling-audit": Kind(sampling_audit),
     "round-profile": Kind(round_profile),
+    "roofline": Kind(roofline),
     "draft-temperature-sweep": Kind(draft_temperature_sweep, needs_paths=True),
     "request-fuzz": Kind(request_fuzz),
     "memory-model": Kind(memory_model),
