@@ -272,8 +272,11 @@ def plot(result: dict[str, Any], path: Path) -> None:
                 err = [[gi - (lv[key]["low"] or gi) for gi, lv in zip(g, levels)],
                        [(lv[key]["high"] or gi) - gi for gi, lv in zip(g, levels)]]
                 ax2.errorbar(conc, g, yerr=err, fmt=style, marker="o", capsize=3, label=f"{label} ({cname})")
+    conc = sorted({lv["concurrency"] for cfg in result["configs"].values() for lv in cfg["levels"]})
     for ax in (ax1, ax2):
         ax.set_xscale("log")
+        ax.set_xticks(conc, [str(c) for c in conc])
+        ax.minorticks_off()
         ax.legend(fontsize=7)
     ax1.set(xlabel="concurrency", ylabel="output tok/s (median run)", title="Throughput")
     ax2.axhline(1.0, color="grey", lw=0.8)
