@@ -6,7 +6,8 @@ It runs ``python -m sglang.launch_server --model-path T --speculative-algorithm 
 --speculative-draft-model-path D ...`` -- the same command a user can type, the plugin being loaded by SGLang's
 own entry-point mechanism -- plus, on a machine without CUDA, what SGLang's CPU engine needs
 (``SGLANG_USE_CPU_ENGINE=1``, ``--device cpu --attention-backend torch_native``, float32 -- bit-equal to plain
-float32 decoding, see :func:`cpu_default_dtype` --, a verify width of 4 and a bounded KV pool, each unless given).
+float32 decoding, see :func:`cpu_default_dtype` --, a verify width of 4, a bounded KV pool and, for
+``--tp-size`` > 1, ``SGLANG_CPU_OMP_THREADS_BIND`` with one even share of the cores per rank, each unless given).
 Without ``--target``/``--draft`` it serves the embedded default pair. It checks the drafter before starting (one line on error, exit 2), waits for
 ``/health``, then prints the URL and a curl example, and stays in the foreground until the server exits or is
 interrupted.
@@ -22,6 +23,7 @@ import signal
 import sys
 from typing import Optional, Sequence
 
+from sglang_domino.plugin.cpu_tp import THREADS_BIND_ENV, threads_bind
 from sglang_domino.server.process import ServerProcess, ServerStartError
 
 DEFAULT_HOST = "127.0.0.1"
@@ -68,6 +70,19 @@ def _has_flag(args: Sequence[str], flag: str) -> bool:
     return any(a == flag or a.startswith(flag + "=") for a in args)
 
 
+def _int_flag(args: Sequence[str], *flags: str, default: int = 1) -> int:
+    """The integer value of the first of ``flags`` in ``args`` (``--flag N`` or ``--flag=N``), else ``default``."""
+    for i, a in enumerate(args):
+        key, eq, value = a.partition("=")
+        if key in flags:
+            value = value if eq else (args[i + 1] if i + 1 < len(args) else "")
+            try:
+                return int(value)
+            except ValueError:
+                return default
+    return default
+
+
 def cuda_available() -> bool:
     try:
         import torch
@@ -112,6 +127,12 @@ def build_command(target: str, draft: Optional[str], host: str, port: int, extra
     env.setdefault("HF_HUB_OFFLINE", "1")
     if cpu:
         env["SGLANG_USE_CPU_ENGINE"] = "1"
+        ranks = _int_flag(extra, "--tp-size", "--tp") * _int_flag(extra, "--pp-size", "--pp") * _int_flag(
+            extra, "--dp-size", "--dp")
+        if ranks > 1 and not env.get(THREADS_BIND_ENV):
+            # One even share of the physical cores per rank ("0|1": TP=2 on 2 cores). Unset, SGLang gives each rank a
+            # NUMA node and asserts ranks <= NUMA nodes. ValueError when there are fewer cores than ranks.
+            env[THREADS_BIND_ENV] = threads_bind(ranks)
         if not _has_flag(extra, "--device"):
             cmd += ["--device", "cpu"]
         if not _has_flag(extra, "--attention-backend"):
@@ -170,9 +191,15 @@ def run_serve(args: argparse.Namespace) -> int:
         if problem is not None:
             print(f"error: {problem}", file=sys.stderr)
             return 2
-    cmd, env = build_command(target, draft, args.host, args.port, extra, cpu=not cuda_available())
+    try:
+        cmd, env = build_command(target, draft, args.host, args.port, extra, cpu=not cuda_available())
+    except ValueError as exc:  # more CPU ranks than cores
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if args.print_command:
         prefix = "SGLANG_USE_CPU_ENGINE=1 " if env.get("SGLANG_USE_CPU_ENGINE") == "1" else ""
+        if env.get(THREADS_BIND_ENV) and env.get(THREADS_BIND_ENV) != os.environ.get(THREADS_BIND_ENV):
+            prefix += f"{THREADS_BIND_ENV}={shlex.quote(env[THREADS_BIND_ENV])} "
         print(prefix + shlex.join(cmd))
         return 0
     server = ServerProcess("sglang", cmd, env, own_session=False, restart_on_port_clash=False)

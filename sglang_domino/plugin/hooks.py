@@ -43,6 +43,10 @@ so a benchmark compares plain, backbone and Domino servers on the same kernels:
    products of one or two rows as ``(W @ xᵀ)ᵀ``, of more rows through oneDNN with the weight packed once.
 10. ``TorchNativeAttnBackend._run_sdpa_forward_decode``: the per-request key gather with ``index_select``.
 
+Three more make ``--tp-size > 1`` work on SGLang's CPU engine, plain serving included (:mod:`.cpu_tp`): a default
+thread binding of one even share of the cores per rank, the binding applied where upstream only warns, and gloo
+groups without a PyNccl communicator.
+
 One more, for Domino processes only (it acts on a batch the worker has tagged):
 
 11. ``Sampler.forward``: a request's first token is sampled at prefill by SGLang's own sampler, which honours
@@ -63,7 +67,7 @@ import copy
 import logging
 from typing import Any, Iterator
 
-from sglang_domino.plugin import cpu_fast_paths
+from sglang_domino.plugin import cpu_fast_paths, cpu_tp
 from sglang_domino.plugin.attention import sdpa_new_tokens_only
 
 logger = logging.getLogger(__name__)
@@ -282,12 +286,15 @@ CPU_HOOKS = (
     ("sglang.srt.layers.attention.torch_native_backend.TorchNativeAttnBackend._run_sdpa_forward_decode",
      cpu_fast_paths.sdpa_decode),
 )
-HOOKS = DOMINO_HOOKS + CPU_HOOKS
+# CPU tensor parallelism (:mod:`.cpu_tp`: thread binding, gloo groups without PyNccl): only on SGLang's CPU engine.
+CPU_TP_HOOKS = cpu_tp.HOOKS
+HOOKS = DOMINO_HOOKS + CPU_HOOKS + CPU_TP_HOOKS
 
 
 def hooks_for_process(cpu_engine: bool) -> tuple:
-    """The hooks this process gets: Domino's, plus the CPU fast paths on SGLang's CPU engine."""
-    return DOMINO_HOOKS + (CPU_HOOKS if cpu_engine else ())
+    """The hooks this process gets: Domino's, plus the CPU fast paths and CPU tensor parallelism on SGLang's CPU
+    engine."""
+    return DOMINO_HOOKS + (CPU_HOOKS + CPU_TP_HOOKS if cpu_engine else ())
 
 
 _registered = False
@@ -307,5 +314,5 @@ def register_hooks() -> None:
     _registered = True
 
 
-__all__ = ["CPU_HOOKS", "DOMINO_HOOKS", "HOOKS", "SEEDS_ATTR", "building_domino_worker", "domino_worker_scope",
-           "hooks_for_process", "register_hooks"]
+__all__ = ["CPU_HOOKS", "CPU_TP_HOOKS", "DOMINO_HOOKS", "HOOKS", "SEEDS_ATTR", "building_domino_worker",
+           "domino_worker_scope", "hooks_for_process", "register_hooks"]

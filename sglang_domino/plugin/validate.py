@@ -95,6 +95,35 @@ def check_environment(device_type: str = "cpu") -> EnvSettings:
     return env
 
 
+# SGLang's vocabulary-parallel layers pad the vocabulary to a multiple of this before sharding it
+# (``layers/vocab_parallel_embedding.DEFAULT_VOCAB_PADDING_SIZE``).
+VOCAB_PADDING = 64
+
+
+def check_tensor_parallel(config: DominoConfig, tp_size: int) -> None:
+    """``--tp-size`` for Domino. First what a tensor-parallel drafter needs (SGLang's DFlash attention's rules for
+    heads and KV heads, a vocabulary shard per rank for the drafting head), each its own line; then, while the
+    worker has no exact vocabulary-parallel drafting, any TP size above 1 is refused."""
+    if tp_size == 1:
+        return
+    if tp_size < 1:
+        raise DominoServerArgsError(f"--tp-size {tp_size} must be at least 1")
+    heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
+    if heads % tp_size:
+        raise DominoServerArgsError(f"--tp-size {tp_size} does not divide the drafter's {heads} attention heads")
+    if (kv_heads % tp_size) if kv_heads >= tp_size else (tp_size % kv_heads):
+        raise DominoServerArgsError(f"--tp-size {tp_size} does not fit the drafter's {kv_heads} KV heads (it must "
+                                    f"divide them, or be a multiple of them so that each is replicated)")
+    padded = -(-config.vocab_size // VOCAB_PADDING) * VOCAB_PADDING
+    if padded % tp_size:
+        raise DominoServerArgsError(f"--tp-size {tp_size} does not divide the drafter's padded vocabulary "
+                                    f"({config.vocab_size} padded to a multiple of {VOCAB_PADDING}: {padded})")
+    raise DominoServerArgsError(
+        f"--tp-size {tp_size}: the Domino worker does not support tensor parallelism yet (its exact "
+        f"vocabulary-parallel drafting is not written); serve Domino at --tp-size 1, or the target alone at "
+        f"--tp-size {tp_size} (sglang-domino serve --no-speculation)")
+
+
 def validate_server_args(args: Any) -> DominoConfig:
     """All checks; returns the drafter config. ``args`` is SGLang's ServerArgs (or its resolving stand-in)."""
     from sglang_domino.plugin.contract import contract_error
@@ -141,8 +170,7 @@ def validate_server_args(args: Any) -> DominoConfig:
                 f"drafter max_position_embeddings={config.max_position_embeddings} is shorter than the context "
                 f"length {context_length}; pass --context-length {config.max_position_embeddings} or less")
 
-    if int(_get(args, "tp_size", 1) or 1) != 1:
-        raise DominoServerArgsError("tensor parallelism (--tp-size > 1) is not supported by the Domino worker yet")
+    check_tensor_parallel(config, int(_get(args, "tp_size", 1) or 1))
     if int(_get(args, "pp_size", 1) or 1) != 1:
         raise DominoServerArgsError("pipeline parallelism (--pp-size > 1) is not supported with speculative decoding")
     if bool(_get(args, "enable_dp_attention", False)):
@@ -152,4 +180,5 @@ def validate_server_args(args: Any) -> DominoConfig:
     return config
 
 
-__all__ = ["DominoServerArgsError", "check_drafter_checkpoint", "check_environment", "TargetInfo", "load_target_info", "resolve_block_size", "validate_server_args"]
+__all__ = ["DominoServerArgsError", "VOCAB_PADDING", "check_drafter_checkpoint", "check_tensor_parallel",
+           "check_environment", "TargetInfo", "load_target_info", "resolve_block_size", "validate_server_args"]

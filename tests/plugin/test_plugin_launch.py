@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -89,3 +90,46 @@ def test_serve_refuses_bad_drafter_with_one_line(tmp_path) -> None:
 
 def test_curl_example_targets_generate() -> None:
     assert curl_example("http://127.0.0.1:30000").startswith("curl -s http://127.0.0.1:30000/generate")
+
+
+def test_cpu_tensor_parallel_binds_one_share_of_cores_per_rank(monkeypatch) -> None:
+    """--tp-size N on CPU: SGLANG_CPU_OMP_THREADS_BIND gets one even share of the cores per rank unless set."""
+    monkeypatch.delenv("SGLANG_CPU_OMP_THREADS_BIND", raising=False)
+    monkeypatch.setattr(launch, "threads_bind", lambda ranks: "|".join(str(r) for r in range(ranks)))
+    _, env = build_command("T", None, "127.0.0.1", 30000, ["--tp-size", "2"], cpu=True)
+    assert env["SGLANG_CPU_OMP_THREADS_BIND"] == "0|1"
+    _, env = build_command("T", None, "127.0.0.1", 30000, ["--tp=2", "--dp-size", "2"], cpu=True)
+    assert env["SGLANG_CPU_OMP_THREADS_BIND"] == "0|1|2|3"
+    _, env = build_command("T", None, "127.0.0.1", 30000, [], cpu=True)
+    assert "SGLANG_CPU_OMP_THREADS_BIND" not in env  # one rank: SGLang's own binding
+    _, env = build_command("T", None, "127.0.0.1", 30000, ["--tp-size", "2"], cpu=False)
+    assert "SGLANG_CPU_OMP_THREADS_BIND" not in env  # GPUs: nothing to bind
+    monkeypatch.setenv("SGLANG_CPU_OMP_THREADS_BIND", "1|0")
+    _, env = build_command("T", None, "127.0.0.1", 30000, ["--tp-size", "2"], cpu=True)
+    assert env["SGLANG_CPU_OMP_THREADS_BIND"] == "1|0"  # the user's choice stays
+
+
+def test_serve_cpu_tensor_parallel_needs_a_core_per_rank(monkeypatch, capsys) -> None:
+    monkeypatch.delenv("SGLANG_CPU_OMP_THREADS_BIND", raising=False)
+    monkeypatch.setattr(launch, "cuda_available", lambda: False)
+    too_many = 4096
+    ns = launch._configure(launch._PassThroughParser()).parse_args(
+        ["--target", "T", "--no-speculation", "--print-command", "--tp-size", str(too_many)])
+    assert launch.run_serve(ns) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith(f"error: {too_many} CPU ranks need one physical core each")
+
+
+def test_serve_refuses_domino_tensor_parallel_with_one_line(tmp_path) -> None:
+    draft = save_drafter(random_drafter(seed=0), tmp_path / "draft")
+    target = tmp_path / "target"
+    target.mkdir()
+    (target / "config.json").write_text(json.dumps({
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64, "vocab_size": 96,
+        "num_hidden_layers": 4, "intermediate_size": 128, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "head_dim": 16, "max_position_embeddings": 512, "rms_norm_eps": 1e-6, "torch_dtype": "float32"}))
+    out = subprocess.run([sys.executable, "-m", "sglang_domino.cli", "serve", "--target", str(target), "--draft",
+                          str(draft), "--tp-size", "2"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    lines = [l for l in out.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1 and "the Domino worker does not support tensor parallelism yet" in lines[0], out.stderr

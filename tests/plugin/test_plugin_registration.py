@@ -94,15 +94,16 @@ def test_domino_worker_is_a_dflash_worker() -> None:
 
 def test_cpu_fast_path_hooks_only_on_the_cpu_engine() -> None:
     """The CPU kernels' hooks are registered in processes of SGLang's CPU engine only, never on GPUs."""
-    from sglang_domino.plugin.hooks import CPU_HOOKS, DOMINO_HOOKS, hooks_for_process
+    from sglang_domino.plugin.hooks import CPU_HOOKS, CPU_TP_HOOKS, DOMINO_HOOKS, hooks_for_process
 
     cpu_targets = {target for target, _ in CPU_HOOKS}
     assert cpu_targets == {"sglang.srt.layers.quantization.unquant.UnquantizedLinearMethod.apply",
                            "sglang.srt.layers.logits_processor.LogitsProcessor._compute_lm_head",
                            "sglang.srt.layers.attention.torch_native_backend.TorchNativeAttnBackend."
                            "_run_sdpa_forward_decode"}
-    assert {t for t, _ in hooks_for_process(cpu_engine=True)} == cpu_targets | {t for t, _ in DOMINO_HOOKS}
-    assert not cpu_targets & {t for t, _ in hooks_for_process(cpu_engine=False)}
+    tp_targets = {target for target, _ in CPU_TP_HOOKS}
+    assert {t for t, _ in hooks_for_process(cpu_engine=True)} == cpu_targets | tp_targets | {t for t, _ in DOMINO_HOOKS}
+    assert not (cpu_targets | tp_targets) & {t for t, _ in hooks_for_process(cpu_engine=False)}
 
 
 def test_hooks_target_contract_names() -> None:
