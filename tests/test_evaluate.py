@@ -24,9 +24,9 @@ def setup(tmp_path_factory):
 
 def _strip_times(result: dict) -> dict:
     """The result without what differs between two runs of the same evaluation: timings, and the provenance's
-    clock and command line."""
+    clock, command line and commit (a commit may land between the two runs)."""
     rows = [{k: v for k, v in r.items() if not k.startswith("seconds")} for r in result["per_prompt"]]
-    provenance = {k: v for k, v in result["provenance"].items() if k not in ("time_utc", "argv")}
+    provenance = {k: v for k, v in result["provenance"].items() if k not in ("time_utc", "argv", "git")}
     return dict(result, per_prompt=rows, provenance=provenance)
 
 
