@@ -123,8 +123,9 @@ def test_only_the_settings_module_reads_our_variables() -> None:
         if name != "sglang_domino.settings" and re.search(r"os\.environ\.get|os\.getenv|environ\[", text):
             readers.append(name)
     assert named <= declared, f"undeclared: {sorted(named - declared)}"
-    # SGLang's own SGLANG_USE_CPU_ENGINE (the CPU shim decides before SGLang imports its kernels).
-    assert readers == ["sglang_domino.plugin.cpu_sgl_kernel"], readers
+    # Only SGLang's own variables, read where SGLang reads them: SGLANG_USE_CPU_ENGINE (the CPU shim decides before
+    # SGLang imports its kernels) and SGLANG_CPU_OMP_THREADS_BIND (the CPU tensor-parallel thread binding).
+    assert sorted(readers) == ["sglang_domino.plugin.cpu_sgl_kernel", "sglang_domino.plugin.cpu_tp"], readers
 
 
 def test_help_does_not_import_torch() -> None:
