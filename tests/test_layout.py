@@ -124,8 +124,10 @@ def test_only_the_settings_module_reads_our_variables() -> None:
             readers.append(name)
     assert named <= declared, f"undeclared: {sorted(named - declared)}"
     # Only SGLang's own variables, read where SGLang reads them: SGLANG_USE_CPU_ENGINE (the CPU shim decides before
-    # SGLang imports its kernels) and SGLANG_CPU_OMP_THREADS_BIND (the CPU tensor-parallel thread binding).
-    assert sorted(readers) == ["sglang_domino.plugin.cpu_sgl_kernel", "sglang_domino.plugin.cpu_tp"], readers
+    # SGLang imports its kernels) and SGLANG_CPU_OMP_THREADS_BIND (the CPU tensor-parallel thread binding); and the
+    # launcher, which builds the SGLang process's environment from its own.
+    assert sorted(readers) == ["sglang_domino.plugin.cpu_sgl_kernel", "sglang_domino.plugin.cpu_tp",
+                               "sglang_domino.server.launch"], readers
 
 
 def test_help_does_not_import_torch() -> None:
