@@ -44,6 +44,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from sglang_domino.benchmarks.kernel_cost import Dims as KernelDims
+
 MIB = 2**20
 BATCH_SIZES = (1, 2, 4, 8, 16, 32, 48, 64)
 # filtered_probs on one [rows, V] block: bytes per element at its peak (see the module docstring).
@@ -54,19 +56,11 @@ FILTER_CHUNK_ELEMENTS = 1 << 24
 
 
 @dataclass(frozen=True)
-class Dims:
-    vocab: int = 151936  # V (Qwen3-8B)
-    hidden: int = 4096  # H
-    gru: int = 1024  # G
-    rank: int = 256  # r
-    block: int = 16  # B; P = B - 1 proposals
-    nmax: int = 32  # largest graph bucket (DEFAULT_BUCKETS)
-    block_v: int = 64  # fused kernel vocabulary tile
-    elem: int = 2  # bf16
+class Dims(KernelDims):
+    """The kernel cost model's Qwen3-8B sizes (``kernel_cost.Dims``: V, H, G, r, block, tile, bf16) plus the
+    largest graph bucket."""
 
-    @property
-    def proposals(self) -> int:
-        return self.block - 1
+    nmax: int = 32  # largest graph bucket (DEFAULT_BUCKETS)
 
 
 def static_buffers(d: Dims) -> int:
