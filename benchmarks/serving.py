@@ -140,7 +140,8 @@ def configurations(server_args: list[str], default_dtype: Optional[str], quick: 
     if default_dtype is None:
         why = "CUDA: the servers run the model's dtype; float32 is no serving configuration there"
     elif default_dtype == FLOAT32:
-        why = "it coincides with the defaults: this CPU has no bf16 units, so serve already runs float32"
+        why = ("it coincides with the defaults: serve runs float32 on every CPU (bf16 is measured with "
+               "--server-args '--dtype bfloat16')")
     elif quick:
         why = "--quick measures the defaults only"
     else:

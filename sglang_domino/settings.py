@@ -58,7 +58,8 @@ VARIABLES: tuple[Variable, ...] = (
              "attention) in every SGLang process on CPU, plain servers included"),
     Variable(MAX_SPECULATIVE_BATCH_ENV, "auto",
              "step width rule: auto (adaptive on CPU, none on GPUs), adaptive (per batch size the width that "
-             "measured fastest), none (always draft), N (draft while a decode batch has at most N requests)"),
+             "measured fastest), none (always draft), N (draft while a decode batch has at most N requests; 0: never, "
+             "every step at plain width)"),
     Variable(DRAFT_LOG_ENV, "",
              "path: one JSON line per verified request-block (rid, position, bonus, drafts, accepted length, "
              "sampling parameters); for tests and debugging"),
@@ -102,18 +103,19 @@ def parse_draft_temperature_scale(value: Optional[str]) -> float:
 
 
 def parse_max_speculative_batch(value: Optional[str]) -> str:
-    """Normalised text: ``auto``, ``adaptive``, ``none`` or a decimal integer >= 1 (the device decides ``auto``:
-    :func:`sglang_domino.plugin.draft_width.resolve_max_speculative_batch`)."""
+    """Normalised text: ``auto``, ``adaptive``, ``none`` or a decimal integer >= 0 (the device decides ``auto``:
+    :func:`sglang_domino.plugin.draft_width.resolve_max_speculative_batch`; 0 = never draft, every step at plain
+    width -- what a plain-width step costs against plain decoding is measured that way)."""
     text = (value or "").strip().lower() or "auto"
     if text in ("auto", "adaptive", "none"):
         return text
     try:
         limit = int(text)
     except ValueError:
-        limit = 0
-    if limit < 1:
+        limit = -1
+    if limit < 0:
         raise SettingsError(f"{MAX_SPECULATIVE_BATCH_ENV}={value!r}: expected auto, adaptive, none or an integer "
-                            ">= 1 (the largest decode batch that drafts)")
+                            ">= 0 (the largest decode batch that drafts; 0: never draft)")
     return str(limit)
 
 

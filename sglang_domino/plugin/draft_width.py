@@ -20,7 +20,7 @@ the same rule), so the width cannot change outputs, only speed.
 ``$SGLANG_DOMINO_MAX_SPECULATIVE_BATCH``: ``auto`` (default: ``adaptive`` on CPU, no limit on GPUs, whose verify is
 cheap at these batch sizes), ``adaptive`` (CPU only: :class:`MeasuredWidthChoice` -- per decode batch size, the width among
 1 (plain), 2, 3, 4, 8 and the configured one, up to it, that measured the most output tokens per second on this
-machine), ``none`` (always draft at the configured width), or N >= 1 (draft at the configured width while the
+machine), ``none`` (always draft at the configured width), or N >= 0 (draft at the configured width while the
 decode batch has at most N requests).
 
 Why measured rather than a fixed N: where speculation stops paying depends on the CPU. On an AVX-512 machine

@@ -35,7 +35,8 @@ def test_setting_values_and_device_default():
 
     assert from_env("AUTO") == ADAPTIVE
     assert from_env("3") == 3
-    for bad in ("0", "-2", "two", "1.5"):
+    assert from_env("0") == 0  # never draft: every step at plain width (the plain-width cost, measured)
+    for bad in ("-1", "-2", "two", "1.5"):
         with pytest.raises(ValueError, match=MAX_SPECULATIVE_BATCH_ENV):
             from_env(bad)
         with pytest.raises(ValueError, match=MAX_SPECULATIVE_BATCH_ENV):
@@ -56,6 +57,7 @@ def test_width_rule_from_the_setting():
     fixed = width_rule("cpu", 4, "2")
     assert isinstance(fixed, FixedWidthRule) and not fixed.measures and not fixed.always_drafts
     assert [fixed.width(b) for b in (1, 2, 3)] == [4, 4, 1]
+    assert [width_rule("cpu", 4, "0").width(b) for b in (1, 2, 48)] == [1, 1, 1]
     assert width_rule("cuda", 4).always_drafts and width_rule("cpu", 4, "none").width(64) == 4
 
 

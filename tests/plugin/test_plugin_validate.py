@@ -162,7 +162,7 @@ def test_failed_contract_check_refuses_domino(pair, monkeypatch) -> None:
     ("SGLANG_DOMINO_DRAFT_TEMPERATURE_SCALE", "sharp", "SGLANG_DOMINO_DRAFT_TEMPERATURE_SCALE='sharp'"),
     ("SGLANG_DOMINO_DRAFT_TEMPERATURE_SCALE", "0", "SGLANG_DOMINO_DRAFT_TEMPERATURE_SCALE='0': expected a finite number > 0"),
     ("SGLANG_DOMINO_CPU_FAST_PATHS", "maybe", "SGLANG_DOMINO_CPU_FAST_PATHS='maybe'"),
-    ("SGLANG_DOMINO_MAX_SPECULATIVE_BATCH", "0", "SGLANG_DOMINO_MAX_SPECULATIVE_BATCH='0'"),
+    ("SGLANG_DOMINO_MAX_SPECULATIVE_BATCH", "-1", "SGLANG_DOMINO_MAX_SPECULATIVE_BATCH='-1'"),
 ])
 def test_bad_drafting_env_refused_at_launch(pair, monkeypatch, env: str, value: str, expected: str) -> None:
     target, draft = pair
