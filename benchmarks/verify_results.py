@@ -283,6 +283,17 @@ def memory_model(data: list[Any], opts: dict[str, str]) -> str:
     return markdown(data[0])
 
 
+def tp_comm_model(data: list[Any], opts: dict[str, str]) -> str:
+    """``benchmarks/tp_comm_model.py --json``: that script's tables (a MODEL: KiB received per rank per draft slot
+    under tensor parallelism, per N and strategy), all TP sizes or the one ``tp=2`` names."""
+    from sglang_domino.benchmarks.tp_comm_model import FORMAT, markdown
+
+    if data[0].get("format") != FORMAT:
+        raise TableError(f"not a {FORMAT} JSON (format {data[0].get('format')!r})")
+    tp = opts.get("tp")
+    return markdown(data[0], tp=int(tp) if tp is not None else None)
+
+
 def _yes(b: Any) -> str:
     return "yes" if b else "no"
 
@@ -307,6 +318,7 @@ KINDS: dict[str, Kind] = {
     "draft-temperature-sweep": Kind(draft_temperature_sweep, needs_paths=True),
     "request-fuzz": Kind(request_fuzz),
     "memory-model": Kind(memory_model),
+    "tp-comm-model": Kind(tp_comm_model),
 }
 
 

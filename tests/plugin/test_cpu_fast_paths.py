@@ -146,6 +146,12 @@ def test_decode_attention_hook_equals_upstream(kv_heads: int) -> None:
     got = cpu_fast_paths.sdpa_decode(TorchNativeAttnBackend._run_sdpa_forward_decode, None, query.clone(),
                                      torch.zeros_like(query), *args, **kw)
     assert torch.equal(got, expected)  # the same SDPA over the same keys: bit-identical
+    # The next step reuses the length buffers in place: the rows kept for the layers of one forward must not be reused.
+    seq_lens.sub_(torch.tensor([3, 0, 12]))
+    expected = TorchNativeAttnBackend._run_sdpa_forward_decode(None, query.clone(), torch.zeros_like(query), *args, **kw)
+    got = cpu_fast_paths.sdpa_decode(TorchNativeAttnBackend._run_sdpa_forward_decode, None, query.clone(),
+                                     torch.zeros_like(query), *args, **kw)
+    assert torch.equal(got, expected)
     original, calls = _original("upstream")
     assert cpu_fast_paths.sdpa_decode(original, None, query, torch.zeros_like(query), *args,
                                       sliding_window_size=8, **kw) == "upstream"
