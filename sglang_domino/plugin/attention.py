@@ -6,54 +6,10 @@ Used by two hooks: the extends of a Domino process (the verify and the draft blo
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Optional
+from typing import Iterable
 
 import torch
 import torch.nn.functional as F
-
-Rows = list[tuple[int, int, int, int]]  # per request: (new tokens, keys, cached prefix, req_to_token row)
-
-
-class PerForwardRows:
-    """The per-request rows of the forward being run, built at its first attention layer and reused by the rest.
-
-    Why: every layer of a forward gets the same ``seq_lens`` / ``req_pool_indices`` / ... tensors, and turning
-    them into Python ints (``.tolist()``) and testing for a cached prefix cost a handful of small tensor operations
-    per layer (~40 µs on the 2-core machine): about a millisecond per step over the target's 30 layers, a few per
-    cent of a one-request step. The rows are kept only while the same tensor objects come back unmodified (object
-    identity and PyTorch's in-place version counter), so a new step, a reused buffer written in place, or the
-    drafter's own forward recompute them.
-    """
-
-    def __init__(self) -> None:
-        self._tensors: tuple[torch.Tensor, ...] = ()
-        self._versions: tuple[int, ...] = ()
-        self._rows: Optional[tuple[Rows, bool]] = None
-
-    def get(self, tensors: tuple[torch.Tensor, ...], build: Callable[[], Rows]) -> tuple[Rows, bool]:
-        """``(rows, any_prefix)`` for these tensors: cached when they are the very tensors of the last call, unchanged;
-        ``any_prefix``: some request has cached keys before its new tokens."""
-        if (self._rows is not None and len(tensors) == len(self._tensors)
-                and all(a is b for a, b in zip(tensors, self._tensors))
-                and all(t._version == v for t, v in zip(tensors, self._versions))):
-            return self._rows
-        rows = build()
-        self._tensors = tensors
-        self._versions = tuple(t._version for t in tensors)
-        self._rows = (rows, any(prefix > 0 for _, _, prefix, _ in rows))
-        return self._rows
-
-
-def extend_rows(seq_lens: torch.Tensor, extend_prefix_lens: torch.Tensor, extend_seq_lens: torch.Tensor,
-                req_pool_indices: torch.Tensor) -> Rows:
-    """An extend's rows: ``extend_seq_lens[i]`` new tokens after ``extend_prefix_lens[i]`` cached ones."""
-    return list(zip(extend_seq_lens.tolist(), seq_lens.tolist(), extend_prefix_lens.tolist(),
-                    req_pool_indices.tolist()))
-
-
-def decode_rows(seq_lens: torch.Tensor, req_pool_indices: torch.Tensor) -> Rows:
-    """A decode's rows: one new token after ``seq_lens[i] - 1`` cached keys."""
-    return [(1, total, total - 1, pool_row) for total, pool_row in zip(seq_lens.tolist(), req_pool_indices.tolist())]
 
 
 def sdpa_new_tokens_only(query, output, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens,
@@ -72,7 +28,8 @@ def sdpa_new_tokens_only(query, output, k_cache, v_cache, req_to_token, req_pool
     scheduler thread's time at 16 requests (py-spy, 2026-12-03). Same attention, n × length work instead.
     """
     # Python ints up front: one conversion per tensor instead of one per request and field.
-    requests = extend_rows(seq_lens, extend_prefix_lens, extend_seq_lens, req_pool_indices)
+    requests = zip(extend_seq_lens.tolist(), seq_lens.tolist(), extend_prefix_lens.tolist(),
+                   req_pool_indices.tolist())
     return sdpa_over_requests(query, output, k_cache, v_cache, req_to_token, requests, scaling=scaling,
                               enable_gqa=enable_gqa, causal=causal)
 
@@ -106,4 +63,4 @@ def sdpa_over_requests(query, output, k_cache, v_cache, req_to_token, requests: 
     return output
 
 
-__all__ = ["PerForwardRows", "decode_rows", "extend_rows", "sdpa_new_tokens_only", "sdpa_over_requests"]
+__all__ = ["sdpa_new_tokens_only", "sdpa_over_requests"]

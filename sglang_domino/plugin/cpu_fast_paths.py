@@ -25,7 +25,7 @@ from typing import Any, Optional
 import torch
 
 from sglang_domino.kernels import cpu_linear
-from sglang_domino.plugin.attention import PerForwardRows, decode_rows, sdpa_over_requests
+from sglang_domino.plugin.attention import sdpa_over_requests
 from sglang_domino.settings import CPU_FAST_PATHS_ENV
 
 logger = logging.getLogger(__name__)
@@ -120,9 +120,6 @@ def compute_lm_head(original, self, hidden_states, lm_head, embedding_bias=None,
     return original(self, hidden_states, lm_head, embedding_bias, *args, out=out, **kwargs)
 
 
-_decode_rows = PerForwardRows()  # converted once per decode forward, not once per layer
-
-
 def sdpa_decode(original, self, query, output, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens,
                 encoder_lens=None, scaling=None, enable_gqa=False, causal=False, is_cross_attn=False,
                 sliding_window_size=None, *args, **kwargs):
@@ -136,7 +133,8 @@ def sdpa_decode(original, self, query, output, k_cache, v_cache, req_to_token, r
     plain = (not args and not kwargs and encoder_lens is None and not is_cross_attn
              and (sliding_window_size is None or sliding_window_size < 0))
     if plain and query.device.type == "cpu" and cpu_linear.enabled():
-        requests, _ = _decode_rows.get((seq_lens, req_pool_indices), lambda: decode_rows(seq_lens, req_pool_indices))
+        requests = ((1, total, total - 1, pool_row)
+                    for total, pool_row in zip(seq_lens.tolist(), req_pool_indices.tolist()))
         return sdpa_over_requests(query, output, k_cache, v_cache, req_to_token, requests, scaling=scaling,
                                   enable_gqa=enable_gqa, causal=False)
     return original(self, query, output, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens, encoder_lens,

@@ -65,10 +65,10 @@ import contextlib
 import contextvars
 import copy
 import logging
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator
 
 from sglang_domino.plugin import cpu_fast_paths, cpu_tp
-from sglang_domino.plugin.attention import PerForwardRows, extend_rows, sdpa_over_requests
+from sglang_domino.plugin.attention import sdpa_new_tokens_only
 
 logger = logging.getLogger(__name__)
 
@@ -172,39 +172,21 @@ class _VerifyAsExtend:
         import torch
 
         self._fb = forward_batch
-        self._num_new = num_new
         committed = forward_batch.seq_lens
-        self._committed, self._committed_version = committed, committed._version
         self.extend_prefix_lens = committed
         self.extend_seq_lens = torch.full_like(committed, num_new)
         self.seq_lens = committed + num_new
-
-    def views(self, forward_batch: Any, num_new: int) -> bool:
-        """Whether this is the view of ``forward_batch`` as it is now (same batch, same unmodified lengths)."""
-        committed = forward_batch.seq_lens
-        return (self._fb is forward_batch and self._num_new == num_new and self._committed is committed
-                and self._committed_version == committed._version)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._fb, name)
 
 
-# The view of the verify batch being run: built at its first attention layer, reused by the others, so the layers see
-# the same length tensors (and .attention.PerForwardRows converts them once per forward, not once per layer).
-_last_verify_view: Optional[_VerifyAsExtend] = None
-_extend_rows = PerForwardRows()
-
-
 def _torch_native_forward_extend(original, self, q, k, v, layer, forward_batch, *args: Any, **kwargs: Any):
-    global _last_verify_view
     mode = getattr(forward_batch, "forward_mode", None)
     if (mode is not None and mode.is_target_verify() and forward_batch.extend_prefix_lens is None
             and forward_batch.spec_info is not None):
         num_new = int(forward_batch.spec_info.draft_token_num)
-        view = _last_verify_view
-        if view is None or not view.views(forward_batch, num_new):
-            view = _last_verify_view = _VerifyAsExtend(forward_batch, num_new)
-        forward_batch = view
+        forward_batch = _VerifyAsExtend(forward_batch, num_new)
     return original(self, q, k, v, layer, forward_batch, *args, **kwargs)
 
 
@@ -214,14 +196,11 @@ def _torch_native_sdpa_extend(original, self, query, output, k_cache, v_cache, r
                               **kwargs: Any):
     plain = (encoder_lens is None and not is_cross_attn and not kwargs
              and (sliding_window_size is None or sliding_window_size < 0))
-    if plain and domino_is_active():
-        rows, any_prefix = _extend_rows.get(
-            (seq_lens, extend_prefix_lens, extend_seq_lens, req_pool_indices),
-            lambda: extend_rows(seq_lens, extend_prefix_lens, extend_seq_lens, req_pool_indices))
-        # Prefill without a cached prefix stays upstream's (already square, and bit-identical to a plain server).
-        if any_prefix:
-            return sdpa_over_requests(query, output, k_cache, v_cache, req_to_token, rows, scaling=scaling,
-                                      enable_gqa=enable_gqa, causal=causal)
+    # Prefill without a cached prefix stays upstream's (already square, and bit-identical to a plain server).
+    if plain and domino_is_active() and bool((extend_prefix_lens > 0).any()):
+        return sdpa_new_tokens_only(query, output, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens,
+                                    extend_prefix_lens, extend_seq_lens, scaling=scaling, enable_gqa=enable_gqa,
+                                    causal=causal)
     return original(self, query, output, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens,
                     extend_prefix_lens, extend_seq_lens, encoder_lens, scaling=scaling, enable_gqa=enable_gqa,
                     causal=causal, is_cross_attn=is_cross_attn, sliding_window_size=sliding_window_size, **kwargs)
