@@ -34,7 +34,6 @@ Usage: ``python benchmarks/kernel_cost.py [--json OUT] [--prune-keep 0.1,0.3]``.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from dataclasses import asdict, dataclass, field
@@ -295,11 +294,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     result = build(d, batches, keeps)
     print(_fmt_table(result))
     if args.json:
-        from sglang_domino.provenance import provenance
+        from sglang_domino.provenance import write_model_json
 
-        result["provenance"] = provenance(None, None)  # a model, no weights: commit and machine only
-        with open(args.json, "w") as fh:
-            json.dump(result, fh, indent=2)
+        write_model_json(args.json, result, indent=2)
         print(f"wrote {args.json}", file=sys.stderr)
     return 0
 

@@ -37,7 +37,6 @@ Usage: ``python benchmarks/memory_model.py [--json benchmarks/results/memory_mod
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from dataclasses import asdict, dataclass
@@ -147,11 +146,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = ap.parse_args(argv)
     data = model(Dims(nmax=args.nmax))
     if args.json is not None:
-        from sglang_domino.provenance import provenance
+        from sglang_domino.provenance import write_model_json
 
-        data["provenance"] = provenance(None, None)
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(data, indent=1) + "\n")
+        write_model_json(args.json, data)
     print(markdown(data))
     return 0
 

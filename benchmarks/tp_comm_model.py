@@ -74,7 +74,6 @@ writes the JSON and a ``.md`` beside it; ``benchmarks/verify_results.py`` (kind 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -327,11 +326,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = ap.parse_args(argv)
     data = model(Dims(gru=args.gru))
     if args.json is not None:
-        from sglang_domino.provenance import provenance
+        from sglang_domino.provenance import write_model_json
 
-        data["provenance"] = provenance(None, None)
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(data, indent=1) + "\n")
+        write_model_json(args.json, data)
         args.json.with_suffix(".md").write_text(page(data, args.json.name))
     print(markdown(data))
     return 0

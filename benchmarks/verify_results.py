@@ -225,13 +225,15 @@ def round_profile(data: list[Any], opts: dict[str, str]) -> str:
 
 def roofline(data: list[Any], opts: dict[str, str]) -> str:
     """``benchmarks/roofline.py --json``: measured steps against their floors (``table=measured``, the default),
-    the cost per extra verified row (``table=slope``) or the model's floors (``table=model``, ``dtype=...``)."""
+    the cost per extra verified row (``table=slope``) or the model's floors (``table=model``, ``dtype=...``);
+    ``n=1,4``: only those batch sizes of the measured table."""
     from sglang_domino.benchmarks.roofline import markdown
 
     table = opts.get("table", "measured")
     if table != "model" and "comparison" not in data[0]:
         raise TableError("this roofline JSON has no measured steps (run it with --measure or --step-log)")
-    return markdown(data[0], table=table, dtype=opts.get("dtype"))
+    batch_sizes = {int(x) for x in opts["n"].split(",") if x.strip()} if "n" in opts else None
+    return markdown(data[0], table=table, dtype=opts.get("dtype"), batch_sizes=batch_sizes)
 
 
 SWEEP_LABELS = {"pm": "point masses (greedy drafts, upstream's rule)",

@@ -122,6 +122,18 @@ def provenance(drafter: str | Path | None, target: str | Path | None) -> dict[st
     return record
 
 
+def write_model_json(path: str | Path, data: dict[str, Any], indent: int = 1) -> Path:
+    """Write an arithmetic model's results (``benchmarks/*_model.py``, ``kernel_cost.py``) to ``path`` as JSON, with
+    the provenance of a model: no weights, the commit and the machine. Returns the path."""
+    import json
+
+    path = Path(path)
+    data["provenance"] = provenance(None, None)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=indent) + "\n")
+    return path
+
+
 def _same_path(a: str | Path, b: Path) -> bool:
     try:
         return Path(a).resolve() == b.resolve()

@@ -209,3 +209,12 @@ def test_verify_results_kind_and_report_markers(tmp_path: Path) -> None:
     inside = rl.report_markdown(res, Path(rl.__file__).resolve().parents[1] / "benchmarks/results/roofline_x.json")
     assert "<!-- results-table: roofline benchmarks/results/roofline_x.json table=measured -->\n" in inside
     assert inside.count("<!-- /results-table -->") == 3
+
+
+def test_noisy_load_counts_only_what_others_add() -> None:
+    """The script's own GEMMs and servers keep every core busy (load ≈ cores): that alone is not noise."""
+    from sglang_domino.benchmarks.roofline import noisy_load
+
+    assert noisy_load(0.8, [2.03, 2.13], cores=2) == ""
+    assert "before measuring" in noisy_load(1.9, [2.1], cores=2)
+    assert "while measuring on 2 cores" in noisy_load(0.2, [2.1, 3.4], cores=2)
