@@ -119,6 +119,11 @@ class Dims:
     pool: int = _K.pool  # upstream K (candidate_pool_size)
     pad_to: int = VOCAB_PAD_TO
 
+    @property
+    def candidates(self) -> int:
+        """Upstream's K as it uses it: ``min(candidate_pool_size, V)``."""
+        return min(self.pool, self.vocab)
+
 
 # --------------------------------------------------------------------------------------------------- conventions
 
@@ -182,7 +187,7 @@ def full_gather(d: Dims, n: int, tp: int, elem_bytes: int) -> dict[str, float]:
 
 def upstream_local_k(d: Dims, tp: int) -> int:
     """k_l: candidates each rank contributes (``local_k = min(candidate_pool_size, local_vocab_size)``)."""
-    k = min(d.pool, d.vocab)
+    k = d.candidates
     local_k = min(k, shard_rows(d, tp))
     if k > tp * local_k:
         raise ValueError("Domino TP shards do not cover the requested candidate pool.")  # upstream's check
@@ -191,7 +196,7 @@ def upstream_local_k(d: Dims, tp: int) -> int:
 
 def upstream_topk_block(d: Dims, n: int, tp: int) -> dict[str, float]:
     """Upstream's pool path, bytes received per rank per BLOCK (P proposal slots), excluding the GRU inputs."""
-    k = min(d.pool, d.vocab)
+    k = d.candidates
     parts = {"first_argmax": all_gather_received(n * (BF16 + INT64), tp)}
     if d.proposals > 1:
         parts["pool_gather"] = all_gather_received(n * upstream_local_k(d, tp) * (BF16 + INT64), tp)
@@ -207,7 +212,7 @@ def upstream_topk(d: Dims, n: int, tp: int) -> dict[str, float]:
 
 def upstream_uses_pool(d: Dims, n: int, tp: int, in_cuda_graph: bool) -> bool:
     """Upstream's dispatch (``domino_greedy_rollout``): the pool, else the full bf16 base-logit gather."""
-    k = min(d.pool, d.vocab)
+    k = d.candidates
     if tp <= 1 or not 0 < k < d.vocab:
         return False
     if in_cuda_graph:

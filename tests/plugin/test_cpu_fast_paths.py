@@ -146,7 +146,7 @@ def test_decode_attention_hook_equals_upstream(kv_heads: int) -> None:
     got = cpu_fast_paths.sdpa_decode(TorchNativeAttnBackend._run_sdpa_forward_decode, None, query.clone(),
                                      torch.zeros_like(query), *args, **kw)
     assert torch.equal(got, expected)  # the same SDPA over the same keys: bit-identical
-    # The next step reuses the length buffers in place: the rows kept for the layers of one forward must not be reused.
+    # The next step reuses the length buffers in place: the hook must read the new lengths, not earlier ones.
     seq_lens.sub_(torch.tensor([3, 0, 12]))
     expected = TorchNativeAttnBackend._run_sdpa_forward_decode(None, query.clone(), torch.zeros_like(query), *args, **kw)
     got = cpu_fast_paths.sdpa_decode(TorchNativeAttnBackend._run_sdpa_forward_decode, None, query.clone(),

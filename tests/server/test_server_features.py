@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Callable
 
 import pytest
 import requests
@@ -20,7 +21,9 @@ def reference(servers) -> dict:
                                      top_logprobs_num=3)
 
 
-def _stream(server, payload: dict, max_chunks: int | None = None) -> list[dict]:
+def _stream(server, payload: dict, max_chunks: int | None = None,
+            after_first: Callable[[], None] | None = None) -> list[dict]:
+    """The chunks of a streamed /generate; ``after_first`` runs once the first chunk has arrived."""
     chunks = []
     with requests.post(server.url + "/generate", json=dict(payload, stream=True), stream=True, timeout=300) as r:
         r.raise_for_status()
@@ -28,6 +31,8 @@ def _stream(server, payload: dict, max_chunks: int | None = None) -> list[dict]:
             if not line or line == b"data: [DONE]":
                 continue
             chunks.append(json.loads(line.decode()[len("data: "):]))
+            if after_first is not None and len(chunks) == 1:
+                after_first()
             if max_chunks is not None and len(chunks) >= max_chunks:
                 break  # leaving the with-block closes the connection: a client disconnect
     return chunks
@@ -72,18 +77,13 @@ def test_abort_request(servers, reference) -> None:
     plain decoding's. The abort goes out once the first streamed chunk shows the request decoding (a fixed sleep
     was too long on a fast machine: the tiny pair finished 1,500 tokens in under two seconds)."""
     rid = "abort-me"
-    payload = {"rid": rid, "input_ids": PROMPT, "stream": True,
+    payload = {"rid": rid, "input_ids": PROMPT,
                "sampling_params": {"temperature": 0, "max_new_tokens": 1500, "ignore_eos": True}}
-    chunks = []
-    with requests.post(servers["domino"].url + "/generate", json=payload, stream=True, timeout=300) as r:
-        r.raise_for_status()
-        for line in r.iter_lines():
-            if not line or line == b"data: [DONE]":
-                continue
-            chunks.append(json.loads(line.decode()[len("data: "):]))
-            if len(chunks) == 1:
-                assert servers["domino"].post("/abort_request", {"rid": rid}).status_code == 200
-    out = chunks[-1]
+
+    def abort() -> None:
+        assert servers["domino"].post("/abort_request", {"rid": rid}).status_code == 200
+
+    out = _stream(servers["domino"], payload, after_first=abort)[-1]
     assert out["meta_info"]["finish_reason"]["type"] == "abort"
     assert len(out["output_ids"]) < 1500
     assert out["output_ids"][: len(reference["output_ids"])] == reference["output_ids"][: len(out["output_ids"])]
