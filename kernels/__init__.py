@@ -18,7 +18,7 @@
 from __future__ import annotations
 
 import importlib
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -130,18 +130,21 @@ def correction_loop(
     head: Optional[DominoHeadWeights],
     pure_draft_prefix_len: int,
     select: SlotSelector = greedy_select,
+    embed: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
 ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """The per-block correction; arguments and result exactly as :func:`correction_loop_eager`.
 
     Greedy selection with a Domino head on CUDA takes the fused Triton kernels, replayed from a CUDA
     graph per batch-size bucket (larger batches run the same kernels uncaptured). Anything else runs
-    the eager reference.
+    the eager reference, vocabulary-parallel drafting (``embed`` given) included: the fused kernels take the argmax
+    over a whole vocabulary on one device.
 
     Returns:
         tokens [N, P] int64, and draft probabilities [N, P, V] when ``select`` produces them (eager only).
     """
     if (
         select is greedy_select
+        and embed is None
         and head is not None
         and _use_cuda_kernels(base_logits, z, embed_weight, head.w_ih, head.w_hh, head.w1, head.w2)
     ):
@@ -149,4 +152,5 @@ def correction_loop(
 
         runner = graph_runner_for(head, embed_weight, pure_draft_prefix_len, base_logits, z)
         return runner.run(base_logits, z, bonus_tokens), None
-    return correction_loop_eager(base_logits, z, bonus_tokens, embed_weight, head, pure_draft_prefix_len, select)
+    return correction_loop_eager(base_logits, z, bonus_tokens, embed_weight, head, pure_draft_prefix_len, select,
+                                 embed)

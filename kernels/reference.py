@@ -65,6 +65,7 @@ def correction_loop_eager(
     head: Optional[DominoHeadWeights],
     pure_draft_prefix_len: int,
     select: SlotSelector = greedy_select,
+    embed: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
 ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """The whole per-block sequential correction.
 
@@ -76,11 +77,15 @@ def correction_loop_eager(
         head: the Domino head, or None for a plain DFlash backbone (base logits only).
         pure_draft_prefix_len: slots ``< pure_draft_prefix_len`` are not corrected.
         select: greedy argmax, or a sampler returning the draft distribution.
+        embed: token ids [N] -> their embedding rows [N, H]; None = rows of ``embed_weight`` (a
+            vocabulary-parallel caller passes :meth:`sglang_domino.vocab_parallel.VocabShard.embed`).
 
     Returns:
         tokens [N, P] (int64) and, when ``select`` returns them, draft probabilities [N, P, V].
     """
     num_rows, num_proposals, _ = base_logits.shape
+    if embed is None:
+        embed = lambda tok: F.embedding(tok, embed_weight)  # noqa: E731
     tokens: list[torch.Tensor] = []
     probs: list[Optional[torch.Tensor]] = []
     h: Optional[torch.Tensor] = None
@@ -92,9 +97,9 @@ def correction_loop_eager(
                 # Catch up on every token before this slot: [bonus, d_0 .. d_{slot-1}].
                 h = z.new_zeros(num_rows, head.gru_hidden_dim).to(head.w_hh.dtype)
                 for tok in [bonus_tokens, *tokens]:
-                    h = gru_cell(F.embedding(tok, embed_weight).to(h.dtype), h, head.w_ih, head.w_hh)
+                    h = gru_cell(embed(tok).to(h.dtype), h, head.w_ih, head.w_hh)
             else:
-                h = gru_cell(F.embedding(prev, embed_weight).to(h.dtype), h, head.w_ih, head.w_hh)
+                h = gru_cell(embed(prev).to(h.dtype), h, head.w_ih, head.w_hh)
             corr = correction_logits(z[:, slot].to(head.w1.dtype), h, head.w1, head.w2)
             logits = logits + corr.to(logits.dtype)
         tok, p = select(logits, slot)

@@ -19,6 +19,7 @@ from sglang_domino.hardware import cpu_has_bf16_units
 from sglang_domino.kernels import DominoHeadWeights, cpu_linear
 from sglang_domino.sampling import SamplingParams, SeededRows, filtered_probs, sample_from, seeded_choice
 from sglang_domino.settings import DEFAULT_DRAFT_TEMPERATURE_SCALE
+from sglang_domino.vocab_parallel import VocabShard
 
 
 @dataclass
@@ -128,6 +129,7 @@ def draft_from_hidden(
     generator: Optional[torch.Generator] = None,
     draft_temperature_scale: Optional[float] = None,
     seeded: Optional[SeededRows] = None,
+    vocab_shard: Optional[VocabShard] = None,
 ) -> DraftBlock:
     """Draft B−1 tokens from the backbone output.
 
@@ -142,6 +144,10 @@ def draft_from_hidden(
             at the request's temperature × ``draft_temperature_scale`` (:func:`resolve_draft_temperature_scale`; None =
             the default), returned as ``probs`` for verification.
         seeded: rows whose drafts a seed fixes (sampling only; see :func:`make_sampling_selector`).
+        vocab_shard: under tensor parallelism, this rank's vocabulary rows
+            (:class:`~sglang_domino.vocab_parallel.VocabShard`): ``embed_weight``, ``lm_head_weight`` and ``head.w2``
+            are then this rank's rows [rows, ...] and the drafts (and draft probabilities over the whole vocabulary)
+            are the same on every rank and equal to a single rank's.
     """
     z = proposal_hidden(draft_hidden, shift_label)
     if bonus_tokens.shape != draft_hidden.shape[:1]:
@@ -152,14 +158,32 @@ def draft_from_hidden(
     # In float32 on CPU it goes through the packed-weight kernels (F.linear took 32 ms for the 3 rows of a width-4
     # step on an AVX2 machine, the packed head 5 ms: kernels/cpu_linear.py).
     z_for_logits = z.to(lm_head_weight.dtype).reshape(n * p, h)
-    base_logits = cpu_linear.linear(z_for_logits, lm_head_weight).view(n, p, -1).to(z.dtype)  # [N, P, V]
+    base_logits = cpu_linear.linear(z_for_logits, lm_head_weight).view(n, p, -1).to(z.dtype)  # [N, P, V or rows]
     if sampling is None:
-        tokens, _ = kernels.correction_loop(base_logits, z, bonus_tokens, embed_weight, head, pure_draft_prefix_len)
+        if vocab_shard is None:
+            tokens, _ = kernels.correction_loop(base_logits, z, bonus_tokens, embed_weight, head,
+                                                pure_draft_prefix_len)
+            return DraftBlock(tokens)
+        vocab_shard.mask_padding_(base_logits)
+        tokens, _ = kernels.correction_loop(base_logits, z, bonus_tokens, embed_weight, head, pure_draft_prefix_len,
+                                            select=lambda logits, slot: (vocab_shard.greedy(logits), None),
+                                            embed=lambda tok: vocab_shard.embed(tok, embed_weight))
         return DraftBlock(tokens)
     select = make_sampling_selector(sampling, generator, resolve_draft_temperature_scale(draft_temperature_scale),
                                     seeded)
+    embed = None
+    if vocab_shard is not None:
+        whole_vocab_select = select
+
+        def select(local_logits: torch.Tensor, slot: int) -> tuple[torch.Tensor, torch.Tensor]:
+            tokens, probs = whole_vocab_select(vocab_shard.gather(local_logits), slot)
+            return vocab_shard.same_tokens(tokens), probs
+
+        def embed(tok: torch.Tensor) -> torch.Tensor:
+            return vocab_shard.embed(tok, embed_weight)
+
     tokens, probs = kernels.correction_loop(
-        base_logits, z, bonus_tokens, embed_weight, head, pure_draft_prefix_len, select=select
+        base_logits, z, bonus_tokens, embed_weight, head, pure_draft_prefix_len, select=select, embed=embed
     )
     return DraftBlock(tokens, probs)
 

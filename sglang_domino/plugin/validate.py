@@ -101,9 +101,9 @@ VOCAB_PADDING = 64
 
 
 def check_tensor_parallel(config: DominoConfig, tp_size: int) -> None:
-    """``--tp-size`` for Domino. First what a tensor-parallel drafter needs (SGLang's DFlash attention's rules for
-    heads and KV heads, a vocabulary shard per rank for the drafting head), each its own line; then, while the
-    worker has no exact vocabulary-parallel drafting, any TP size above 1 is refused."""
+    """``--tp-size`` for Domino: what a tensor-parallel drafter needs, each refused with its own line -- SGLang's
+    DFlash attention's rules for heads and KV heads (the backbone is sharded by upstream), and an equal vocabulary
+    shard per rank for the drafting head (:mod:`sglang_domino.vocab_parallel`)."""
     if tp_size == 1:
         return
     if tp_size < 1:
@@ -118,10 +118,6 @@ def check_tensor_parallel(config: DominoConfig, tp_size: int) -> None:
     if padded % tp_size:
         raise DominoServerArgsError(f"--tp-size {tp_size} does not divide the drafter's padded vocabulary "
                                     f"({config.vocab_size} padded to a multiple of {VOCAB_PADDING}: {padded})")
-    raise DominoServerArgsError(
-        f"--tp-size {tp_size}: the Domino worker does not support tensor parallelism yet (its exact "
-        f"vocabulary-parallel drafting is not written); serve Domino at --tp-size 1, or the target alone at "
-        f"--tp-size {tp_size} (sglang-domino serve --no-speculation)")
 
 
 def validate_server_args(args: Any) -> DominoConfig:

@@ -47,6 +47,7 @@ from sglang.srt.speculative.dflash_worker_v2 import (
     _resolve_dflash_embedding_module,
 )
 from sglang.srt.speculative.draft_worker_common import build_block_pos_offsets, make_draft_block_spec_info
+from sglang.srt.speculative.spec_tp_sync import SpecTpSyncSite
 
 from sglang_domino.kernels import DominoHeadWeights, cpu_linear
 from sglang_domino.plugin import cpu_fast_paths
@@ -62,6 +63,7 @@ from sglang_domino.rollout import draft_from_hidden, draft_logits_dtype, draftin
 from sglang_domino.sampling import SamplingParams, SeededRows, sampling_params_from_batch
 from sglang_domino.settings import DRAFT_LOGITS_DTYPE_ENV, MAX_SPECULATIVE_BATCH_ENV, DominoSettings, server_settings
 from sglang_domino.verify import VerifyResult, accepted_prefix_len, verify_greedy, verify_sampling, verify_seeded
+from sglang_domino.vocab_parallel import VocabShard
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +101,33 @@ def refuse_online_weight_updates(lm_head: torch.nn.Module, drafting_dtype: torch
         f"{str(drafting_dtype).removeprefix('torch.')} copy of the target's lm_head: the copy would keep the old "
         f"weights. Restart the server with {DRAFT_LOGITS_DTYPE_ENV}=float32 to use online weight updates.",
     )
+
+
+def target_vocab_shard(lm_head: torch.nn.Module, embed: torch.nn.Module, vocab_size: int) -> Optional[VocabShard]:
+    """This rank's :class:`~sglang_domino.vocab_parallel.VocabShard` of the target's vocabulary-parallel ``lm_head``
+    (None when it is not sharded). The embedding must be sharded the same way: drafting looks tokens up in it by the
+    lm_head's rows."""
+    tp_size = int(getattr(lm_head, "tp_size", 1) or 1)
+    if tp_size == 1:
+        return None
+    from sglang.srt.runtime_context import get_parallel
+
+    group = get_parallel().tp_group
+    indices = lm_head.shard_indices  # layers/vocab_parallel_embedding.VocabParallelEmbeddingShardIndices
+    if indices.num_added_elements_padded:
+        raise RuntimeError("Domino under tensor parallelism: a head with added (LoRA) vocabulary is not supported")
+    if int(group.world_size) != tp_size:
+        raise RuntimeError(f"Domino: the target's lm_head is split {tp_size} ways, its TP group has "
+                           f"{group.world_size} ranks")
+    if getattr(embed, "shard_indices", None) != indices or int(getattr(embed, "tp_size", 1) or 1) != tp_size:
+        raise RuntimeError("Domino under tensor parallelism: the target's input embedding is not sharded like its "
+                           "lm_head (drafting looks the drafted tokens up by the lm_head's vocabulary rows)")
+    rows = int(lm_head.num_embeddings_per_partition)
+    if int(indices.padded_org_vocab_start_index) != int(group.rank_in_group) * rows:
+        raise RuntimeError(f"Domino under tensor parallelism: rank {group.rank_in_group}'s lm_head rows start at "
+                           f"{indices.padded_org_vocab_start_index}, not at rank x {rows} (shards must be equal, "
+                           f"contiguous and in rank order)")
+    return VocabShard(group, int(indices.padded_org_vocab_start_index), rows, int(vocab_size))
 
 
 class DominoWorker(DFlashWorkerV2):
@@ -151,8 +180,12 @@ class DominoWorker(DFlashWorkerV2):
                     f"Domino: {MAX_SPECULATIVE_BATCH_ENV} (plain-width steps for large batches) cannot be combined "
                     f"with CPU graphs (--enable-torch-compile); set {MAX_SPECULATIVE_BATCH_ENV}=none")
             self._width_rule = FixedWidthRule(self._widths.full_width, None)  # the default yields to CPU graphs
-        head = self.domino_head()
         target_lm_head_module = unwrap_lora_layer(self.target_worker.model_runner.model.lm_head)
+        # Under --tp-size > 1: this rank's vocabulary rows of the target's lm_head / embedding (and W2's).
+        self._vocab_shard = target_vocab_shard(target_lm_head_module, self._target_embedding(),
+                                               int(self.model_runner.model_config.vocab_size))
+        self._head: Optional[DominoHeadWeights] = None
+        head = self.domino_head()
         target_lm_head = target_lm_head_module.weight
         drafting_dtype = draft_logits_dtype(target_lm_head, self.settings.env.draft_logits_dtype)
         if drafting_dtype != target_lm_head.dtype:
@@ -167,16 +200,20 @@ class DominoWorker(DFlashWorkerV2):
             drafting_head = self._target_weights(target_lm_head_module)[1]
             cpu_linear.prepack(cpu_linear.weight_owner(drafting_head), drafting_head)
             cpu_fast_paths.prepack_linears(self.draft_model)
-        if device_type == "cuda" and head is not None:
+        if device_type == "cuda" and head is not None and self._vocab_shard is None:
             self._capture_correction_graphs(server_args, head, target_lm_head_module)
         logger.info(
             "Domino worker ready: block_size=%d, shift_label=%s, pure_draft_prefix_len=%d, head=%s, device=%s, "
-            "draft logits in %s (target lm_head %s), exact full-vocabulary correction, sampled drafts at %.2f x the "
+            "draft logits in %s (target lm_head %s), exact full-vocabulary correction%s, sampled drafts at %.2f x the "
             "request temperature verified with their probabilities, %s",
             self.block_size, self.domino_config.shift_label, self.domino_config.pure_draft_prefix_len,
             "domino" if head is not None else "none (plain DFlash backbone)", self.device,
             str(drafting_dtype).removeprefix("torch."),
-            str(target_lm_head.dtype).removeprefix("torch."), self._draft_temperature_scale,
+            str(target_lm_head.dtype).removeprefix("torch."),
+            "" if self._vocab_shard is None else (
+                f" over {self._vocab_shard.group.world_size} vocabulary shards (this rank: ids "
+                f"{self._vocab_shard.start}..{self._vocab_shard.start + self._vocab_shard.valid_rows - 1})"),
+            self._draft_temperature_scale,
             self._width_rule.describe(),
         )
 
@@ -218,10 +255,22 @@ class DominoWorker(DFlashWorkerV2):
 
     # ---------------------------------------------------------------- weights
     def domino_head(self) -> Optional[DominoHeadWeights]:
+        """The Domino head as drafting uses it; under tensor parallelism W2 holds this rank's vocabulary rows (a
+        copy made once: upstream loads W2 whole on every rank)."""
         gru, proj = getattr(self.draft_model, "prefix_gru", None), getattr(self.draft_model, "embed_proj", None)
         if gru is None or proj is None:
             return None
-        return DominoHeadWeights(w_ih=gru.weight_ih_l0, w_hh=gru.weight_hh_l0, w1=proj[0].weight, w2=proj[2].weight)
+        head = DominoHeadWeights(w_ih=gru.weight_ih_l0, w_hh=gru.weight_hh_l0, w1=proj[0].weight, w2=proj[2].weight)
+        if self._vocab_shard is None:
+            return head
+        if self._head is None:
+            self._head = DominoHeadWeights(w_ih=head.w_ih, w_hh=head.w_hh, w1=head.w1,
+                                           w2=self._vocab_shard.local_rows(head.w2.detach()))
+        return self._head
+
+    def _target_embedding(self) -> torch.nn.Module:
+        return unwrap_lora_layer(_resolve_dflash_embedding_module(self.draft_model,
+                                                                  self.target_worker.model_runner.model))
 
     def _target_weights(self, lm_head) -> tuple[torch.Tensor, torch.Tensor]:
         """(embed [V, H], drafting lm_head [V, H]); the latter in the drafting precision, converted once.
@@ -231,8 +280,9 @@ class DominoWorker(DFlashWorkerV2):
         no counter sees; while a converted copy exists those updates are refused instead
         (:func:`refuse_online_weight_updates`)."""
         vocab = int(self.model_runner.model_config.vocab_size)
-        target_model = self.target_worker.model_runner.model
-        embed = unwrap_lora_layer(_resolve_dflash_embedding_module(self.draft_model, target_model))
+        embed = self._target_embedding()
+        if self._vocab_shard is not None:  # this rank's rows, padding included (masked when drafting)
+            vocab = self._vocab_shard.rows
         weight = lm_head.weight[:vocab]
         key = cpu_linear.weight_copy_key(weight)
         if self._drafting_lm_head is None or self._drafting_lm_head[1] != key:
@@ -264,6 +314,9 @@ class DominoWorker(DFlashWorkerV2):
             shimmed = True
         batch_size = len(batch.seq_lens)
         width = self._width_rule.width(batch_size) if decode else None
+        if width is not None and self._vocab_shard is not None and not self._width_rule.always_drafts:
+            # Every rank must run the step at the same width; a measuring rule sees each rank's own timings.
+            width = self._same_on_every_rank(width)
         plain_width = width == 1
         if width is not None:
             self._widths.use(width)
@@ -302,6 +355,11 @@ class DominoWorker(DFlashWorkerV2):
             self._domino_batch = None
             self._domino_pending = None
 
+    def _same_on_every_rank(self, value: int) -> int:
+        """``value`` as tensor-parallel rank 0 has it."""
+        shared = torch.tensor([value], dtype=torch.int64, device=self.device)
+        return int(self._vocab_shard.group.broadcast(shared, src=0)[0])
+
     def _propose_selector_block(self, *, draft_logits_output, bs: int, lm_head, anchor_token_ids: torch.Tensor,
                                 sampling_info) -> torch.Tensor:
         """Draft B−1 tokens per request from the backbone output: :func:`sglang_domino.rollout.draft_from_hidden`."""
@@ -323,6 +381,7 @@ class DominoWorker(DFlashWorkerV2):
             shift_label=bool(self.domino_config.shift_label),
             pure_draft_prefix_len=int(self.domino_config.pure_draft_prefix_len),
             sampling=params, draft_temperature_scale=self._draft_temperature_scale, seeded=seeded,
+            vocab_shard=self._vocab_shard,
         )
         self._domino_pending = (block.probs, params, seeded)
         return block.tokens
@@ -365,6 +424,11 @@ class DominoWorker(DFlashWorkerV2):
                 verdict.bonus[rows] = fixed.bonus
         accept_len = verdict.accept_len.to(torch.int32)
         bonus = verdict.bonus.to(torch.int64)
+        # Under tensor parallelism every rank must commit rank 0's decision: sampled verification draws from each
+        # rank's random state. Upstream's broadcast sites (SGLANG_SPEC_TP_SYNC, all by default; no-ops at TP=1).
+        site = SpecTpSyncSite.DFLASH_ACCEPT_GREEDY if params is None else SpecTpSyncSite.DFLASH_ACCEPT_SAMPLE
+        self._tp_sync.sync(site, accept_len)
+        self._tp_sync.sync(site, bonus)
         out_tokens, commit_lens = _commit_accept(candidates, accept_len, bonus)
         self._step_commit_lens = commit_lens  # what the step emits, for a measuring width rule
         if self._draft_log_path:
@@ -408,7 +472,10 @@ class DominoWorker(DFlashWorkerV2):
         self._append_log(self._draft_log_path, records)
 
     def _append_log(self, path: str, records: list[dict[str, Any]]) -> None:
-        """Append ``records`` as JSON lines to a diagnostic log (the draft log or the step log)."""
+        """Append ``records`` as JSON lines to a diagnostic log (the draft log or the step log); under tensor
+        parallelism only rank 0 writes (every rank verifies the same rows)."""
+        if int(getattr(self, "_target_tp_rank", 0) or 0) != 0:
+            return
         with self._log_lock, open(path, "a") as fh:
             fh.writelines(json.dumps(record) + "\n" for record in records)
 

@@ -120,8 +120,11 @@ def test_serve_cpu_tensor_parallel_needs_a_core_per_rank(monkeypatch, capsys) ->
     assert "\n" not in err and err.startswith(f"error: {too_many} CPU ranks need one physical core each")
 
 
-def test_serve_refuses_domino_tensor_parallel_with_one_line(tmp_path) -> None:
-    draft = save_drafter(random_drafter(seed=0), tmp_path / "draft")
+def test_serve_refuses_a_tensor_parallel_size_the_drafter_cannot_split_with_one_line(tmp_path) -> None:
+    """A drafter with 3 attention heads (the embedded one has 9) cannot be sharded over 2 ranks by upstream's DFlash
+    attention: one line, before any process spawns."""
+    draft = save_drafter(random_drafter(seed=0, num_attention_heads=3, num_key_value_heads=1, head_dim=16),
+                         tmp_path / "draft")
     target = tmp_path / "target"
     target.mkdir()
     (target / "config.json").write_text(json.dumps({
@@ -132,4 +135,4 @@ def test_serve_refuses_domino_tensor_parallel_with_one_line(tmp_path) -> None:
                           str(draft), "--tp-size", "2"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
     lines = [l for l in out.stderr.splitlines() if l.strip()]
-    assert len(lines) == 1 and "the Domino worker does not support tensor parallelism yet" in lines[0], out.stderr
+    assert len(lines) == 1 and "--tp-size 2 does not divide the drafter's 3 attention heads" in lines[0], out.stderr

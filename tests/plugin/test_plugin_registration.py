@@ -160,8 +160,20 @@ def test_new_token_rows_only_attention_equals_upstream_extend(causal: bool, kv_h
 
 
 # ----------------------------------------------------------------------------------- worker verify logic
+class RecordingTpSync:
+    """Stands in for upstream's ``SpecTpSync`` (a broadcast from TP rank 0): records what would be broadcast."""
+
+    def __init__(self) -> None:
+        self.synced: list[tuple[str, list]] = []
+
+    def sync(self, site, values: torch.Tensor) -> torch.Tensor:
+        self.synced.append((site.name, values.tolist()))
+        return values
+
+
 def _fake_worker(block_size: int, pending=None):
-    return SimpleNamespace(_domino_pending=pending, block_size=block_size, _draft_log_path=None)
+    return SimpleNamespace(_domino_pending=pending, block_size=block_size, _draft_log_path=None,
+                           _tp_sync=RecordingTpSync())
 
 
 def test_accept_block_greedy_from_logits_and_from_argmax() -> None:
@@ -172,10 +184,13 @@ def test_accept_block_greedy_from_logits_and_from_argmax() -> None:
     target_top1 = torch.tensor([[1, 2, 9, 6], [4, 8, 0, 0]])
     logits = torch.nn.functional.one_hot(target_top1, vocab).float().view(bs * block, vocab)
     for kwargs in ({"next_token_logits": logits}, {"next_token_logits": None, "target_predict": target_top1.view(-1)}):
+        worker = _fake_worker(block)
         accept, commit, bonus, out_tokens, new_seq = DominoWorker._accept_block(
-            _fake_worker(block), candidates=candidates, sampling_info=None, draft_input=None,
+            worker, candidates=candidates, sampling_info=None, draft_input=None,
             prefix_lens=torch.tensor([3, 3]), bs=bs, **kwargs)
         assert accept.tolist() == [2, 1] and commit.tolist() == [3, 2] and bonus.tolist() == [9, 8]
+        # under TP every rank commits rank 0's verdict: accept lengths and bonus tokens go through upstream's sync
+        assert worker._tp_sync.synced == [("DFLASH_ACCEPT_GREEDY", [2, 1]), ("DFLASH_ACCEPT_GREEDY", [9, 8])]
         assert out_tokens[0, :3].tolist() == [1, 2, 9] and out_tokens[1, :2].tolist() == [4, 8]
         assert new_seq is None
 
@@ -192,10 +207,13 @@ def test_accept_block_sampling_uses_draft_probabilities() -> None:
     q = filtered_probs(logits[:, :-1].reshape(-1, vocab), params.repeat_interleave(block - 1)).view(bs, block - 1, vocab)
     drafts = torch.multinomial(q.view(-1, vocab), 1).view(bs, block - 1)
     candidates = torch.cat((torch.zeros(bs, 1, dtype=torch.long), drafts), dim=1)
+    worker = _fake_worker(block, (q, params, None))
     accept, commit, bonus, out_tokens, _ = DominoWorker._accept_block(
-        _fake_worker(block, (q, params, None)), candidates=candidates, next_token_logits=logits.view(-1, vocab),
+        worker, candidates=candidates, next_token_logits=logits.view(-1, vocab),
         sampling_info=None, draft_input=None, prefix_lens=torch.zeros(bs, dtype=torch.long), bs=bs)
     assert accept.tolist() == [block - 1] * bs and commit.tolist() == [block] * bs
+    # sampled verdicts depend on each rank's random state: rank 0's is broadcast (upstream's sample site)
+    assert [site for site, _ in worker._tp_sync.synced] == ["DFLASH_ACCEPT_SAMPLE"] * 2
 
 
 def test_sampling_params_from_sglang_batch() -> None:

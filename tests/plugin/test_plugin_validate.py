@@ -143,8 +143,8 @@ def test_block_of_one_drafts_nothing(pair) -> None:
 
 def test_unsupported_parallelism(pair) -> None:
     target, draft = pair
-    assert "--tp-size" in refused(args(target, draft, tp_size=2))
-    assert "dp-attention" in refused(args(target, draft, enable_dp_attention=True))
+    assert "dp-attention" in refused(args(target, draft, enable_dp_attention=True, tp_size=2))
+    assert "pipeline parallelism" in refused(args(target, draft, pp_size=2))
 
 
 def test_failed_contract_check_refuses_domino(pair, monkeypatch) -> None:
@@ -170,15 +170,12 @@ def test_bad_drafting_env_refused_at_launch(pair, monkeypatch, env: str, value: 
     assert expected in refused(args(target, draft))
 
 
-# --- tensor parallelism (issue 27): what a TP drafter needs, each its own line; then "not yet" for any TP > 1
-def test_domino_refused_at_any_tensor_parallel_size_for_now(pair) -> None:
-    """The tiny drafter (4 heads, 2 KV heads, vocabulary 96 -> 128 padded) fits TP 2 and 4: still refused, naming
-    the missing vocabulary-parallel worker and the plain alternative."""
+# --- tensor parallelism (issue 27): what a TP drafter needs, each its own line
+def test_tensor_parallel_sizes_that_fit_pass(pair) -> None:
+    """The tiny drafter (4 heads, 2 KV heads, vocabulary 96 -> 128 padded) fits TP 2 and 4."""
     target, draft = pair
     for tp in (2, 4):
-        message = refused(args(target, draft, tp_size=tp))
-        assert f"--tp-size {tp}: the Domino worker does not support tensor parallelism yet" in message
-        assert "vocabulary-parallel" in message and "--no-speculation" in message
+        assert validate_server_args(args(target, draft, tp_size=tp)).has_head
 
 
 def test_tensor_parallel_size_must_divide_attention_heads(pair) -> None:
@@ -195,9 +192,8 @@ def test_tensor_parallel_checks_by_field() -> None:
     check_tensor_parallel(tiny_config(), 1)  # TP 1: nothing to check
     with pytest.raises(DominoServerArgsError, match="does not fit the drafter's 3 KV heads"):
         check_tensor_parallel(tiny_config(num_attention_heads=6, num_key_value_heads=3), 2)
-    # 4 KV heads replicated over TP 8 would fit (SGLang's DFlash attention rule); 8 heads divide; 128 padded divides
-    with pytest.raises(DominoServerArgsError, match="does not support tensor parallelism yet"):
-        check_tensor_parallel(tiny_config(num_attention_heads=8, num_key_value_heads=4, head_dim=8), 8)
+    # 4 KV heads replicated over TP 8 fit (SGLang's DFlash attention rule); 8 heads divide; 128 padded divides
+    check_tensor_parallel(tiny_config(num_attention_heads=8, num_key_value_heads=4, head_dim=8), 8)
     with pytest.raises(DominoServerArgsError, match=r"padded vocabulary \(96 padded to a multiple of 64: 128\)"):
         check_tensor_parallel(tiny_config(num_attention_heads=6, num_key_value_heads=3), 3)
     with pytest.raises(DominoServerArgsError, match="must be at least 1"):
