@@ -14,23 +14,31 @@ Convention (ring collectives): an all-gather in which every rank contributes S b
 
 Strategies (b = N·H bf16 embedding rows all-reduced, as ``VocabParallelEmbedding.forward`` does, in all but one):
 
-* ours, greedy (exact vocab-parallel; proposed, not implemented: the plugin refuses Domino at TP > 1): each rank
-  takes its shard's corrected maximum (fp32) and argmax (int32 global id) per row; one all-gather of N·8 bytes;
-  ties go to the lowest global id. Then the all-reduce of N·H bf16::
+* ours, greedy (exact vocab-parallel; what the worker runs, ``sglang_domino/vocab_parallel.py``): each rank takes
+  its shard's corrected maximum (fp32) and argmax (global id, exact in fp32 below 2^24) per row; one all-gather of
+  N·8 bytes; ties go to the lowest global id. Then the all-reduce of N·H bf16::
 
       ours_greedy = (TP-1)·8N + 2(TP-1)/TP · 2NH
 
-* ours, greedy with a gate table: each rank precomputes x·W_ihᵀ (3G values, bf16) for its own vocabulary rows, so the
-  all-reduce carries the GRU's input-gate pre-activations instead of the embedding row (extra memory V_s·3G·2 bytes
-  per rank)::
+* ours, greedy with a gate table (proposed, not implemented): each rank precomputes x·W_ihᵀ (3G values, bf16) for its
+  own vocabulary rows, so the all-reduce carries the GRU's input-gate pre-activations instead of the embedding row
+  (extra memory V_s·3G·2 bytes per rank)::
 
       ours_gate_table = (TP-1)·8N + 2(TP-1)/TP · 2N·3G
 
-* ours, sampled (exact; temperature only): Gumbel-max per shard gives the draw through the same (value fp32, id
-  int32) all-gather; a second all-gather of the shards' log-sum-exp (fp32) lets every rank normalise its own shard of
-  the draft probabilities q, which stay sharded for verification::
+* ours, sampled (what the worker runs): verification needs the draft probabilities q over the whole vocabulary
+  (SGLang hands it the target's logits gathered), so each slot all-gathers the corrected logits [N, V_s] (fp32
+  here; the worker gathers in the drafting dtype), every rank filters and normalises the same full row, rank 0's
+  draw is broadcast (N int64: a broadcast of S bytes makes each other rank receive S), then the embedding
+  all-reduce::
 
-      ours_sampled = (TP-1)·8N + (TP-1)·4N + 2(TP-1)/TP · 2NH
+      ours_sampled = (TP-1)·N·V_s·4 + 8N + 2(TP-1)/TP · 2NH
+
+* ours, sampled with Gumbel-max per shard (proposed, temperature only): the draw through the same (value fp32, id
+  int32) all-gather as greedy; a second all-gather of the shards' log-sum-exp (fp32) lets every rank normalise its
+  own shard of q, which would stay sharded for a vocabulary-parallel verification::
+
+      ours_sampled_gumbel = (TP-1)·8N + (TP-1)·4N + 2(TP-1)/TP · 2NH
 
   Top-k / top-p / min-p filtering needs a distributed threshold (more collectives) and is not modelled.
 
@@ -94,11 +102,14 @@ BF16, FP32, INT32, INT64 = 2, 4, 4, 8
 _K = KernelDims()
 
 STRATEGIES: dict[str, str] = {
-    "ours_greedy": "ours, greedy: all-gather (max fp32, id int32) + all-reduce of the embedding row N×H bf16",
-    "ours_greedy_gate_table": "ours, greedy, gate table: all-gather (max fp32, id int32) + all-reduce of the "
-                              "precomputed input-gate rows N×3G bf16",
-    "ours_sampled": "ours, sampled (temperature only): all-gather (Gumbel value fp32, id int32) + all-gather of the "
-                    "shards' log-sum-exp fp32 + all-reduce N×H bf16",
+    "ours_greedy": "ours, greedy (implemented): all-gather (max fp32, id fp32) + all-reduce of the embedding row "
+                   "N×H bf16",
+    "ours_greedy_gate_table": "ours, greedy, gate table (proposed): all-gather (max fp32, id fp32) + all-reduce of "
+                              "the precomputed input-gate rows N×3G bf16",
+    "ours_sampled": "ours, sampled (implemented, every filter): all-gather of the corrected logits [N, V/TP] fp32 + "
+                    "broadcast of rank 0's draw N int64 + all-reduce N×H bf16",
+    "ours_sampled_gumbel": "ours, sampled, Gumbel-max per shard (proposed, temperature only): all-gather (Gumbel "
+                           "value fp32, id int32) + all-gather of the shards' log-sum-exp fp32 + all-reduce N×H bf16",
     "full_gather_fp32": "all-gather of the corrected logits [N, V/TP] fp32 + all-reduce N×H bf16",
     "full_gather_bf16": "all-gather of the corrected logits [N, V/TP] bf16 + all-reduce N×H bf16 (per slot, equal to "
                         "upstream's full-vocabulary path)",
@@ -131,6 +142,11 @@ class Dims:
 def all_gather_received(per_rank_bytes: float, tp: int) -> float:
     """Ring all-gather, every rank contributing ``per_rank_bytes``: bytes each rank receives."""
     return (tp - 1) * per_rank_bytes
+
+
+def broadcast_received(buffer_bytes: float, tp: int) -> float:
+    """Broadcast of ``buffer_bytes`` from one rank: bytes each other rank receives."""
+    return buffer_bytes if tp > 1 else 0.0
 
 
 def all_reduce_received(buffer_bytes: float, tp: int) -> float:
@@ -176,6 +192,11 @@ def ours_greedy_gate_table(d: Dims, n: int, tp: int) -> dict[str, float]:
 
 
 def ours_sampled(d: Dims, n: int, tp: int) -> dict[str, float]:
+    return _with_total({"select": all_gather_received(n * shard_rows(d, tp) * FP32, tp),
+                        "draw": broadcast_received(n * INT64, tp), "gru_input": embedding_row(d, n, tp)})
+
+
+def ours_sampled_gumbel(d: Dims, n: int, tp: int) -> dict[str, float]:
     return _with_total({"select": all_gather_received(n * (FP32 + INT32), tp),
                         "normalisers": all_gather_received(n * FP32, tp), "gru_input": embedding_row(d, n, tp)})
 
@@ -228,7 +249,8 @@ def upstream_eager_pool_min_n(d: Dims) -> int:
 def strategies(d: Dims, n: int, tp: int) -> dict[str, dict[str, float]]:
     """Bytes received per rank per draft slot, by strategy (parts and total)."""
     return {"ours_greedy": ours_greedy(d, n, tp), "ours_greedy_gate_table": ours_greedy_gate_table(d, n, tp),
-            "ours_sampled": ours_sampled(d, n, tp), "full_gather_fp32": full_gather(d, n, tp, FP32),
+            "ours_sampled": ours_sampled(d, n, tp), "ours_sampled_gumbel": ours_sampled_gumbel(d, n, tp),
+            "full_gather_fp32": full_gather(d, n, tp, FP32),
             "full_gather_bf16": full_gather(d, n, tp, BF16), "upstream_topk": upstream_topk(d, n, tp)}
 
 
@@ -259,10 +281,11 @@ def model(d: Dims = Dims(), batch_sizes: tuple[int, ...] = BATCH_SIZES,
 
 # --------------------------------------------------------------------------------------------------- tables
 
-COLUMNS = ("ours_greedy", "ours_greedy_gate_table", "ours_sampled", "full_gather_fp32", "full_gather_bf16",
-           "upstream_topk")
-HEAD = ["N", "ours greedy", "ours greedy, gate table", "ours sampled", "full gather fp32", "full gather bf16",
-        "upstream top-K pool", "full fp32 / ours greedy", "top-K / ours greedy"]
+COLUMNS = ("ours_greedy", "ours_sampled", "ours_greedy_gate_table", "ours_sampled_gumbel", "full_gather_fp32",
+           "full_gather_bf16", "upstream_topk")
+HEAD = ["N", "ours greedy", "ours sampled", "proposed: greedy, gate table", "proposed: sampled, Gumbel",
+        "full gather fp32", "full gather bf16", "upstream top-K pool", "full fp32 / ours greedy",
+        "top-K / ours greedy"]
 
 
 def _kib(b: float) -> str:
@@ -278,7 +301,8 @@ def table(data: dict[str, Any], tp: int) -> str:
     lines = [f"MODEL, not a measurement: KiB received per rank per draft slot per decode step, TP {tp}, "
              f"V {p['V']:,} ({t['shard_rows']:,} rows per rank), H {p['H']}, G {p['G']}, P {p['P']}, "
              f"upstream K {p['K']}; ring all-gather (TP-1)·S, all-reduce 2(TP-1)/TP·S; every column includes "
-             f"the GRU input's all-reduce (N×H bf16; N×3G with the gate table).", "",
+             f"the GRU input's all-reduce (N×H bf16; N×3G with the gate table). \"ours\" columns are what the "
+             f"worker runs; \"proposed\" ones are designs not implemented.", "",
              "| " + " | ".join(HEAD) + " |", "|" + " ---: |" * len(HEAD)]
     for row in t["rows"]:
         b = {k: row["bytes_per_slot"][k]["total"] for k in COLUMNS}

@@ -125,6 +125,29 @@ def serving_compare(data: list[Any], opts: dict[str, str]) -> str:
     return "\n".join(rows)
 
 
+def serving_tp(data: list[Any], opts: dict[str, str]) -> str:
+    """Several ``bench`` JSONs that differ in their server arguments (e.g. ``--tp-size``), one row per file and
+    concurrency: each file's own paired Domino/plain ratio (ratios across files are not time-paired)."""
+    from sglang_domino.benchmarks.paired import ratio_cell
+
+    labels = opts.get("labels", "").split("|") if opts.get("labels") else [d.get("server_args", "") for d in data]
+    if len(labels) != len(data):
+        raise TableError(f"{len(labels)} labels for {len(data)} files (labels=\"a|b\")")
+    head = [opts.get("title", "server args"), "concurrency", "plain tok/s", "Domino tok/s", "backbone tok/s",
+            "Domino/plain [95 %]", "τ Domino", "repeats", "D output = plain"]
+    rows = [_row(head), "| --- |" + " ---: |" * (len(head) - 1)]
+    for label, d in zip(labels, data):
+        config = opts.get("config", "defaults")
+        if config not in d["configs"]:
+            raise TableError(f"no configuration {config!r} in a JSON (it has {list(d['configs'])})")
+        for lv in _levels(d["configs"][config]["levels"], opts):
+            rows.append(_row([label, str(lv["concurrency"]), _f(lv["plain_tok_s"], 1), _f(lv["domino_tok_s"], 1),
+                              _f(lv["backbone_tok_s"], 1), ratio_cell(lv["domino_vs_plain"]),
+                              _f(lv["tau_domino"], 2), str(lv["repeats"]),
+                              f"{lv['domino_requests_equal_plain']}/{lv['num_prompts']}"]))
+    return "\n".join(rows)
+
+
 def eval_by_kind(data: list[Any], opts: dict[str, str]) -> str:
     """``sglang-domino eval --json``: τ per prompt kind and pooled, with the losslessness count."""
     d = data[0]
@@ -312,6 +335,7 @@ KINDS: dict[str, Kind] = {
     "serving": Kind(serving),
     "serving-paired": Kind(serving_paired),
     "serving-compare": Kind(serving_compare, 1, None),
+    "serving-tp": Kind(serving_tp, 1, None),
     "eval-by-kind": Kind(eval_by_kind),
     "eval-compare": Kind(eval_compare, 1, None),
     "sampling-audit": Kind(sampling_audit),

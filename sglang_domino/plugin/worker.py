@@ -27,6 +27,11 @@ What is overridden, and why:
   width, a narrower one (fewer drafts, fewer verified rows), or a plain-width step (one token per request, no draft
   forward, the drafter's context still fed).
 
+Under tensor parallelism (``--tp-size > 1``) the target's lm_head and embedding are vocabulary-parallel: drafting
+takes this rank's :class:`~sglang_domino.vocab_parallel.VocabShard` (:func:`target_vocab_shard`) and W2's rows of it
+(:meth:`DominoWorker.domino_head`); every rank drafts the same tokens. Verdicts are broadcast from rank 0 through
+upstream's ``SpecTpSync`` sites, the width of a step is rank 0's, and only rank 0 writes the diagnostic logs.
+
 Hooks that must act inside ``DFlashWorkerV2.__init__`` are in :mod:`.hooks`.
 """
 

@@ -36,8 +36,11 @@ def test_hand_counted_cells_tp2_n1() -> None:
     assert cm.ours_greedy(TOY, 1, 2) == {"select": 8, "gru_input": 8, "total": 16}
     # gate table: 3G = 6 bf16 = 12 B all-reduced -> 12.
     assert cm.ours_greedy_gate_table(TOY, 1, 2)["total"] == 8 + 12
-    # sampled: + the log-sum-exp all-gather, 4 B.
-    assert cm.ours_sampled(TOY, 1, 2)["total"] == 8 + 4 + 8
+    # sampled as the worker runs it: the corrected logits' all-gather (64 rows fp32 = 256 B) + rank 0's draw
+    # broadcast (one int64, 8 B) + the embedding reduce (8).
+    assert cm.ours_sampled(TOY, 1, 2) == {"select": 256, "draw": 8, "gru_input": 8, "total": 272}
+    # proposed Gumbel-max sampling: the greedy pair + the log-sum-exp all-gather, 4 B.
+    assert cm.ours_sampled_gumbel(TOY, 1, 2)["total"] == 8 + 4 + 8
     # full gather: 64 rows per rank, 4 B (fp32) or 2 B (bf16) each, plus the 8-byte embedding reduce.
     assert cm.full_gather(TOY, 1, 2, 4)["total"] == 256 + 8
     assert cm.full_gather(TOY, 1, 2, 2)["total"] == 128 + 8
@@ -83,7 +86,9 @@ def test_properties_at_qwen_sizes() -> None:
             # ours ≪ full gather even with the GRU input; the pool sits between.
             assert s["full_gather_fp32"] > 30 * s["ours_greedy"]
             assert s["ours_greedy"] < s["upstream_topk"] < s["full_gather_bf16"] < s["full_gather_fp32"]
-            assert s["ours_greedy_gate_table"] < s["ours_greedy"] < s["ours_sampled"]
+            assert s["ours_greedy_gate_table"] < s["ours_greedy"] < s["ours_sampled_gumbel"] < s["ours_sampled"]
+            # the implemented sampled path is the fp32 full gather plus the broadcast draw
+            assert s["ours_sampled"] == s["full_gather_fp32"] + 8 * n
             # Everything is linear in N.
             assert cm.strategies(QWEN, 2 * n, tp)["ours_greedy"]["total"] == 2 * s["ours_greedy"]
     # Ours does not depend on V; a full gather grows with it.

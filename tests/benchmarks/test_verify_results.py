@@ -124,3 +124,20 @@ def test_a_published_table_must_come_from_a_committed_file(tmp_path: Path) -> No
     with pytest.raises(vr.TableError, match="not committed"):
         vr.generate("serving s.json", tmp_path)
     assert vr.generate("serving s.json", tmp_path, require_committed=False).startswith("| concurrency")
+
+
+def test_serving_tp_generator_one_row_per_file_and_level(tmp_path: Path) -> None:
+    def run(plain: float, domino: float) -> dict:
+        level = dict(_level(1, plain, domino, plain), repeats=5,
+                     domino_vs_plain={"geomean": domino / plain, "low": 0.9, "high": 1.2})
+        return {"server_args": "", "configs": {"defaults": {"levels": [level, dict(level, concurrency=4)]}}}
+
+    (tmp_path / "a.json").write_text(json.dumps(run(360.2, 350.5)))
+    (tmp_path / "b.json").write_text(json.dumps(run(62.2, 58.0)))
+    lines = vr.generate('serving-tp a.json b.json labels="TP 1|TP 2" title="--tp-size"', tmp_path).splitlines()
+    assert lines[0].startswith("| --tp-size | concurrency | plain tok/s | Domino tok/s |")
+    assert lines[2] == "| TP 1 | 1 | 360.2 | 350.5 | 360.2 | 0.97× [0.90, 1.20] | 1.29 | 5 | 8/8 |"
+    assert lines[5] == "| TP 2 | 4 | 62.2 | 58.0 | 62.2 | 0.93× [0.90, 1.20] | 1.29 | 5 | 8/8 |"
+    assert len(lines) == 6
+    with pytest.raises(vr.TableError, match="labels"):
+        vr.generate('serving-tp a.json b.json labels="TP 1"', tmp_path)

@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -96,6 +97,35 @@ def tiny(tmp_path_factory) -> tiny_pair.TinyPair:
     return tiny_pair.build_pair(tmp_path_factory.mktemp("tiny_pair"))
 
 
+@contextlib.contextmanager
+def started_together(specs: dict[str, tuple[list[str], dict, Optional[Path]]], logs: Path):
+    """Start every server of ``specs`` ({name: (command, environment, draft log or None)}) at once, wait until all
+    are healthy (the first failure is raised), yield {name: Server}, stop them all."""
+    running: dict[str, Server] = {}
+    try:
+        for name, (cmd, env, draft_log) in specs.items():
+            running[name] = Server(name, cmd, env, logs / f"{name}.log", draft_log).start()
+        errors: list[BaseException] = []
+
+        def _wait(server: Server) -> None:
+            try:
+                wait_ready(server)
+            except BaseException as exc:  # noqa: BLE001 - re-raised below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=_wait, args=(s,)) for s in running.values()]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
+        yield running
+    finally:
+        for server in running.values():
+            server.stop()
+
+
 @pytest.fixture(scope="session")
 def servers(tiny, tmp_path_factory):
     """{'plain': Server, 'domino': Server}, started concurrently and shared by every server test."""
@@ -115,26 +145,5 @@ def servers(tiny, tmp_path_factory):
                            SGLANG_DOMINO_MAX_SPECULATIVE_BATCH="none"),
                    draft_log),
     }
-    running: dict[str, Server] = {}
-    try:
-        for name, (cmd, env, dlog) in specs.items():
-            running[name] = Server(name, cmd, env, logs / f"{name}.log", dlog).start()
-        errors: list[BaseException] = []
-
-        def _wait(s: Server) -> None:
-            try:
-                wait_ready(s)
-            except BaseException as exc:  # noqa: BLE001
-                errors.append(exc)
-
-        threads = [threading.Thread(target=_wait, args=(s,)) for s in running.values()]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        if errors:
-            raise errors[0]
+    with started_together(specs, logs) as running:
         yield running
-    finally:
-        for s in running.values():
-            s.stop()

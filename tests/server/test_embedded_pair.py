@@ -3,7 +3,8 @@ Domino's greedy output equals plain decoding token for token on a few held-out p
 SGLang's own ``avg_spec_accept_length`` shows accepted drafts. A third server verifies a narrower block
 (``--speculative-num-draft-tokens 4``, what CPU serving can choose because verify cost grows with the width)
 and must equal plain decoding too. The full-width Domino server drafts with a bf16 lm_head copy, and therefore refuses
-online weight updates."""
+online weight updates. A fourth server is the pair as ``sglang-domino serve --dp-size 2`` starts it (two schedulers,
+one core each, every default of ours): greedy equal to plain decoding, both schedulers decoding."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from server.conftest import Server, cpu_env, free_port, launch_cmd, wait_ready
+from server.conftest import Server, cpu_env, default_cmd, free_port, launch_cmd, wait_ready
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
@@ -39,6 +40,10 @@ def embedded_servers(tmp_path_factory):
             if name == "domino":
                 env["SGLANG_DOMINO_DRAFT_LOGITS_DTYPE"] = "bfloat16"
             running[name] = Server(name, cmd, env, logs / f"{name}.log").start()
+        # a bounded KV pool per scheduler, as the other servers here have (SGLang's default took 2.8 GB per
+        # scheduler, and the OOM killer took one of the two next to three other servers)
+        dp_cmd = default_cmd(pair.target, pair.draft, free_port(), "--dp-size", "2", "--max-total-tokens", "16384")
+        running["domino_dp2"] = Server("domino_dp2", dp_cmd, cpu_env(), logs / "domino_dp2.log").start()
         for server in running.values():
             wait_ready(server)
         yield pair, running
@@ -78,6 +83,33 @@ def test_embedded_pair_greedy_equals_plain(embedded_servers) -> None:
     # The shipped drafter really drafts: more than one token per verify step, as SGLang reports it.
     assert state["avg_spec_accept_length"] > 1.1, state["avg_spec_accept_length"]
     assert tokens / verify > 1.1
+
+
+def test_data_parallel_serve_greedy_equals_plain(embedded_servers) -> None:
+    """``--dp-size 2``: two schedulers behind SGLang's data-parallel controller, each with its own Domino worker,
+    answer concurrent held-out prompts exactly as plain decoding does, and both serve some of them."""
+    from transformers import AutoTokenizer
+
+    from sglang_domino.embedded import HELDOUT_PROMPTS
+    from sglang_domino.evaluate import encode_prompt, read_prompts
+
+    pair, servers = embedded_servers
+    tokenizer = AutoTokenizer.from_pretrained(pair.target)
+    prompts = [encode_prompt(tokenizer, item)[0].tolist() for item in read_prompts(HELDOUT_PROMPTS)[3:9]]
+
+    def run(server: Server) -> list[dict]:
+        with ThreadPoolExecutor(len(prompts)) as pool:
+            return list(pool.map(lambda ids: server.generate(input_ids=ids, sampling_params={
+                "max_new_tokens": MAX_NEW_TOKENS, "temperature": 0}), prompts))
+
+    plain, dp = run(servers["plain"]), run(servers["domino_dp2"])
+    for i, (p, d) in enumerate(zip(plain, dp)):
+        assert d["output_ids"] == p["output_ids"], f"held-out prompt {3 + i}: --dp-size 2 differs from plain"
+    assert sum(d["meta_info"]["spec_verify_ct"] for d in dp) > 0
+    log = servers["domino_dp2"].log.read_text()
+    for rank in ("DP0", "DP1"):
+        assert f"{rank}] Domino worker ready" in log, rank
+        assert f"{rank}] Prefill batch" in log, f"scheduler {rank} served nothing"
 
 
 def test_online_weight_update_refused_while_drafting_with_a_converted_head(embedded_servers) -> None:

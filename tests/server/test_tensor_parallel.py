@@ -20,13 +20,12 @@ top_p 0.9, ``n`` = 2, streaming, greedy) on ``domino_tp2_default``.
 from __future__ import annotations
 
 import json
-import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
 
-from .conftest import Server, cpu_env, default_cmd, free_port, launch_cmd, wait_ready
+from .conftest import Server, cpu_env, default_cmd, free_port, launch_cmd, started_together
 from .test_server_greedy import OfflineDrafts, _stop_string, ended_inside_accepted_block
 from .test_server_sampling import PER_REQUEST, REQUESTS, SINGLES, run_checks, sample_server, token2_rows
 
@@ -53,29 +52,8 @@ def tp2_servers(tiny, tmp_path_factory):
                                dict(env, SGLANG_DOMINO_DRAFT_LOG=str(logs / "drafts_default.jsonl")),
                                logs / "drafts_default.jsonl"),
     }
-    running: dict[str, Server] = {}
-    try:
-        for name, (cmd, server_env, draft_log) in specs.items():
-            running[name] = Server(name, cmd, server_env, logs / f"{name}.log", draft_log).start()
-        errors: list[BaseException] = []
-
-        def _wait(server: Server) -> None:
-            try:
-                wait_ready(server)
-            except BaseException as exc:  # noqa: BLE001 - re-raised below
-                errors.append(exc)
-
-        threads = [threading.Thread(target=_wait, args=(s,)) for s in running.values()]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        if errors:
-            raise errors[0]
+    with started_together(specs, logs) as running:
         yield running
-    finally:
-        for server in running.values():
-            server.stop()
 
 
 @pytest.fixture(scope="module")
