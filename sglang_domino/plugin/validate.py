@@ -100,24 +100,32 @@ def check_environment(device_type: str = "cpu") -> EnvSettings:
 VOCAB_PADDING = 64
 
 
-def check_tensor_parallel(config: DominoConfig, tp_size: int) -> None:
-    """``--tp-size`` for Domino: what a tensor-parallel drafter needs, each refused with its own line -- SGLang's
-    DFlash attention's rules for heads and KV heads (the backbone is sharded by upstream), and an equal vocabulary
-    shard per rank for the drafting head (:mod:`sglang_domino.vocab_parallel`)."""
-    if tp_size == 1:
-        return
+def tensor_parallel_problem(config: DominoConfig, tp_size: int) -> Optional[str]:
+    """Why ``tp_size`` cannot shard this drafter (None if it can): SGLang's DFlash attention's rules for heads and
+    KV heads (the backbone is sharded by upstream), and an equal vocabulary shard per rank for the drafting head
+    (:mod:`sglang_domino.vocab_parallel`)."""
     if tp_size < 1:
-        raise DominoServerArgsError(f"--tp-size {tp_size} must be at least 1")
+        return f"--tp-size {tp_size} must be at least 1"
     heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
     if heads % tp_size:
-        raise DominoServerArgsError(f"--tp-size {tp_size} does not divide the drafter's {heads} attention heads")
+        return f"--tp-size {tp_size} does not divide the drafter's {heads} attention heads"
     if (kv_heads % tp_size) if kv_heads >= tp_size else (tp_size % kv_heads):
-        raise DominoServerArgsError(f"--tp-size {tp_size} does not fit the drafter's {kv_heads} KV heads (it must "
-                                    f"divide them, or be a multiple of them so that each is replicated)")
+        return (f"--tp-size {tp_size} does not fit the drafter's {kv_heads} KV heads (it must divide them, or be a "
+                f"multiple of them so that each is replicated)")
     padded = -(-config.vocab_size // VOCAB_PADDING) * VOCAB_PADDING
     if padded % tp_size:
-        raise DominoServerArgsError(f"--tp-size {tp_size} does not divide the drafter's padded vocabulary "
-                                    f"({config.vocab_size} padded to a multiple of {VOCAB_PADDING}: {padded})")
+        return (f"--tp-size {tp_size} does not divide the drafter's padded vocabulary ({config.vocab_size} padded "
+                f"to a multiple of {VOCAB_PADDING}: {padded})")
+    return None
+
+
+def check_tensor_parallel(config: DominoConfig, tp_size: int) -> None:
+    """``--tp-size`` for Domino: refused with one line naming the rule it breaks and the sizes this drafter fits."""
+    problem = tensor_parallel_problem(config, tp_size)
+    if problem is not None:
+        fits = [n for n in range(1, 17) if tensor_parallel_problem(config, n) is None]
+        raise DominoServerArgsError(f"{problem}; this drafter fits --tp-size {', '.join(map(str, fits))} (up to 16), "
+                                    f"the target alone any size (sglang-domino serve --no-speculation)")
 
 
 def validate_server_args(args: Any) -> DominoConfig:

@@ -136,3 +136,4 @@ def test_serve_refuses_a_tensor_parallel_size_the_drafter_cannot_split_with_one_
     assert out.returncode == 2
     lines = [l for l in out.stderr.splitlines() if l.strip()]
     assert len(lines) == 1 and "--tp-size 2 does not divide the drafter's 3 attention heads" in lines[0], out.stderr
+    assert "this drafter fits --tp-size 1 (up to 16)" in lines[0], lines[0]  # 3 heads, but 96 -> 128 padded

@@ -184,6 +184,18 @@ def test_tensor_parallel_size_must_divide_attention_heads(pair) -> None:
     assert "--tp-size 8 does not divide the drafter's 4 attention heads" in refused(args(target, draft, tp_size=8))
 
 
+def test_tensor_parallel_refusal_lists_the_sizes_the_drafter_fits() -> None:
+    """The embedded drafter's geometry (9 heads, 3 KV heads, vocabulary 49,152): TP 2 is refused, naming 1 and 3."""
+    from conftest import tiny_config
+
+    from sglang_domino.plugin.validate import check_tensor_parallel
+
+    embedded_like = tiny_config(num_attention_heads=9, num_key_value_heads=3, vocab_size=49152, mask_token_id=12)
+    check_tensor_parallel(embedded_like, 3)
+    with pytest.raises(DominoServerArgsError, match=r"9 attention heads; this drafter fits --tp-size 1, 3 \(up to 16\)"):
+        check_tensor_parallel(embedded_like, 2)
+
+
 def test_tensor_parallel_checks_by_field() -> None:
     from conftest import tiny_config
 
