@@ -12,7 +12,8 @@ PyNccl off the gloo groups), started concurrently:
 Checked: greedy outputs of all three equal the TP=1 plain server's token for token on concurrent requests built from
 the held-out prompts (public sources, not written here; ``sglang_domino/embedded/data/SOURCES.md``) with stop
 strings, stop token ids and max_tokens that end inside accepted blocks; ``domino_tp2``'s logged drafts equal the
-TP=1 offline rollout; sampled tokens 1 and 2 of ``domino_tp2`` follow the exact target distribution (the checks
+TP=1 offline rollout, all after the Domino servers have served in-flight aborts, client hang-ups and a bad request;
+sampled tokens 1 and 2 of ``domino_tp2`` follow the exact target distribution (the checks
 and power of ``test_server_sampling``), token 2 decided by speculation; a chat client's mix (temperature 0.7 /
 top_p 0.9, ``n`` = 2, streaming, greedy) on ``domino_tp2_default``.
 """
@@ -26,6 +27,7 @@ import pytest
 import requests
 
 from .conftest import Server, cpu_env, default_cmd, free_port, launch_cmd, started_together
+from .test_server_features import _stream
 from .test_server_greedy import OfflineDrafts, _stop_string, ended_inside_accepted_block
 from .test_server_sampling import PER_REQUEST, REQUESTS, SINGLES, run_checks, sample_server, token2_rows
 
@@ -72,6 +74,35 @@ def heldout_prompts(tiny) -> list[list[int]]:
     prompts = [tokenizer(t, add_special_tokens=False)["input_ids"][:300] for t in texts[:NUM_PROMPTS]]
     assert len(prompts) == NUM_PROMPTS and all(len(p) >= 2 for p in prompts)
     return prompts
+
+
+def test_tp2_domino_serves_aborts_hangups_and_bad_requests_first(tp2_servers, heldout_prompts) -> None:
+    """Before the equality checks below (same module, same servers): in-flight aborts, client hang-ups, sampled
+    and greedy requests at once, and a bad request, on both Domino TP=2 servers -- all ranks must stay in step."""
+    for name in ("domino_tp2", "domino_tp2_default"):
+        server = tp2_servers[name]
+        long = {"max_new_tokens": 1500, "ignore_eos": True}
+
+        def abort(rid: str) -> None:
+            assert server.post("/abort_request", {"rid": rid}).status_code == 200
+
+        with ThreadPoolExecutor(max_workers=6) as pool:
+            aborted = [pool.submit(_stream, server, {"rid": f"{name}-abort-{i}", "input_ids": heldout_prompts[i],
+                                                     "sampling_params": dict(long, temperature=0.7 * i)},
+                                   after_first=lambda i=i: abort(f"{name}-abort-{i}")) for i in range(2)]
+            hung_up = [pool.submit(_stream, server, {"input_ids": heldout_prompts[2 + i],
+                                                     "sampling_params": dict(long, temperature=1.0 * i)},
+                                   max_chunks=2) for i in range(2)]
+            finished = pool.submit(server.generate, input_ids=heldout_prompts[4],
+                                   sampling_params={"temperature": 0.8, "top_p": 0.9, "max_new_tokens": 30})
+            for f in aborted:
+                assert f.result()[-1]["meta_info"]["finish_reason"]["type"] == "abort", name
+            for f in hung_up:
+                assert len(f.result()) == 2, name
+            assert len(finished.result()["output_ids"]) == 30, name
+        r = server.post("/generate", {"input_ids": heldout_prompts[0], "sampling_params": {"top_p": 2.0}})
+        assert r.status_code == 400, r.text
+        assert requests.get(server.url + "/health", timeout=60).status_code == 200, name
 
 
 def _concurrently(server: Server, payloads: list[dict]) -> list[dict]:
