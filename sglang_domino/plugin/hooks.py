@@ -264,8 +264,62 @@ def _sampler_forward(original, self, logits_output, sampling_info, return_logpro
     return token_ids
 
 
+# 15 ------------------------------------------------------------------------------------------------------------
+def _is_stop_token(req: Any, token_id: int) -> bool:
+    """Whether ``token_id`` ends ``req`` -- the membership test of upstream's ``Req._check_token_based_finish``
+    (``managers/schedule_batch.py:1856-1876``, sglang 0.5.23)."""
+    sp, tokenizer = req.sampling_params, req.tokenizer
+    if sp.stop_token_ids and token_id in sp.stop_token_ids:
+        return True
+    if req.eos_token_ids and token_id in req.eos_token_ids:
+        return True
+    if tokenizer is None:
+        return False
+    extra = tokenizer.additional_stop_token_ids
+    return token_id == tokenizer.eos_token_id or bool(extra and token_id in extra)
+
+
+def _req_update_finish_state(original, self, new_accepted_len: int = 1, *args: Any, **kwargs: Any):
+    """A multi-token step finishes where plain decoding would have: at the EARLIEST stop.
+
+    Upstream (``Req.update_finish_state``, ``managers/schedule_batch.py:2012-2048``) checks stop strings first and,
+    if one matched anywhere in the step, finishes there -- at the first stop string in list order -- even when an
+    EOS / stop token or another stop string ended the request earlier in the same step. Plain decoding checks after
+    every token, so it would stop at the earlier one: a speculative step accepting [.., EOS, x, y] with a stop string
+    ending at y emitted x and y (found by the request fuzzer: ``stop token / EOS 2 at 17 of 20 did not end the
+    request``, ``tests/plugin/test_finish_state.py`` reproduces it on upstream's ``Req``). After upstream's rule, this
+    moves the finish to the earliest stop in the step (a stop string and an EOS on the same token: the string, as
+    plain decoding's order has it). Steps of one token (plain decoding) are untouched; regex stops keep upstream's
+    rule."""
+    original(self, new_accepted_len, *args, **kwargs)
+    if new_accepted_len <= 1 or not self.finished() or self.finished_len is None:
+        return
+    from sglang.srt.managers.schedule_batch import FINISH_MATCHED_STR, FINISH_MATCHED_TOKEN
+
+    step_start = len(self.output_ids) - new_accepted_len
+    earliest: list[tuple[int, int, Any]] = []  # (finished_len, 0 = string first on a tie, reason)
+    if self.sampling_params.stop_strs:
+        tail = self.tail_str(new_accepted_len)
+        for stop_str in self.sampling_params.stop_strs:
+            if stop_str and stop_str in tail:
+                end = self._locate_str_stop_finished_len(new_accepted_len, stop_str=stop_str)
+                if end is not None:
+                    earliest.append((end, 0, FINISH_MATCHED_STR(matched=stop_str)))
+    if not self.sampling_params.ignore_eos:
+        for offset, token_id in enumerate(self.output_ids[step_start:self.finished_len]):
+            if _is_stop_token(self, token_id):
+                earliest.append((step_start + offset + 1, 1, FINISH_MATCHED_TOKEN(matched=token_id)))
+                break
+    if earliest:
+        end, _, reason = min(earliest, key=lambda e: (e[0], e[1]))
+        if end < self.finished_len:
+            self.finished_reason, self.finished_len = reason, end
+            self._cap_finished_len_at_max_new_tokens()
+
+
 # Domino's hooks: every process that loads the plugin (each acts only for Domino, see above).
 DOMINO_HOOKS = (
+    ("sglang.srt.managers.schedule_batch.Req.update_finish_state", _req_update_finish_state),
     ("sglang.srt.speculative.domino_utils.validate_domino_runtime", _validate_domino_runtime),
     ("sglang.srt.speculative.dflash_utils.parse_dflash_draft_config", _parse_dflash_draft_config),
     ("sglang.srt.speculative.draft_worker_common.resolve_draft_worker_attention_backend",
