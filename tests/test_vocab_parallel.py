@@ -68,6 +68,9 @@ def _rank_main(rank: int, world: int, init_file: str, queue) -> None:
         case = make_case()
         results = {(prefix, sampled): rollout(case, prefix, sampled, shard)
                    for prefix in range(BLOCK) for sampled in (False, True)}
+        # numpy, not tensors: a queued tensor travels as a shared-memory handle, which breaks (connection reset)
+        # when this process exits before the parent has received it
+        results = {key: tuple(None if t is None else t.numpy() for t in value) for key, value in results.items()}
         queue.put((rank, results, None))
         dist.destroy_process_group()
     except Exception:  # noqa: BLE001 - reported to the test
@@ -86,7 +89,8 @@ def tp2_results(tmp_path_factory) -> dict[int, dict]:
     for _ in procs:
         rank, results, error = queue.get(timeout=240)
         assert error is None, f"rank {rank}:\n{error}"
-        out[rank] = results
+        out[rank] = {key: tuple(None if a is None else torch.from_numpy(a) for a in value)
+                     for key, value in results.items()}
     for proc in procs:
         proc.join(timeout=60)
     return out
