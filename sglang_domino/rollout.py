@@ -16,7 +16,7 @@ import torch
 
 from sglang_domino import kernels
 from sglang_domino.hardware import cpu_has_bf16_units
-from sglang_domino.kernels import DominoHeadWeights, cpu_linear
+from sglang_domino.kernels import DominoHeadWeights, cpu_linear, greedy_select
 from sglang_domino.sampling import SamplingParams, SeededRows, filtered_probs, sample_from, seeded_choice
 from sglang_domino.settings import DEFAULT_DRAFT_TEMPERATURE_SCALE
 from sglang_domino.vocab_parallel import VocabShard
@@ -160,22 +160,18 @@ def draft_from_hidden(
     z_for_logits = z.to(lm_head_weight.dtype).reshape(n * p, h)
     base_logits = cpu_linear.linear(z_for_logits, lm_head_weight).view(n, p, -1).to(z.dtype)  # [N, P, V or rows]
     if sampling is None:
-        if vocab_shard is None:
-            tokens, _ = kernels.correction_loop(base_logits, z, bonus_tokens, embed_weight, head,
-                                                pure_draft_prefix_len)
-            return DraftBlock(tokens)
-        vocab_shard.mask_padding_(base_logits)
-        tokens, _ = kernels.correction_loop(base_logits, z, bonus_tokens, embed_weight, head, pure_draft_prefix_len,
-                                            select=lambda logits, slot: (vocab_shard.greedy(logits), None),
-                                            embed=lambda tok: vocab_shard.embed(tok, embed_weight))
-        return DraftBlock(tokens)
-    select = make_sampling_selector(sampling, generator, resolve_draft_temperature_scale(draft_temperature_scale),
-                                    seeded)
+        select: kernels.SlotSelector = greedy_select
+    else:
+        select = make_sampling_selector(sampling, generator, resolve_draft_temperature_scale(draft_temperature_scale),
+                                        seeded)
     embed = None
-    if vocab_shard is not None:
+    if vocab_shard is not None:  # this rank's vocabulary rows: select across the shards, embed from the owner
+        vocab_shard.mask_padding_(base_logits)
         whole_vocab_select = select
 
-        def select(local_logits: torch.Tensor, slot: int) -> tuple[torch.Tensor, torch.Tensor]:
+        def select(local_logits: torch.Tensor, slot: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+            if sampling is None:
+                return vocab_shard.greedy(local_logits), None
             tokens, probs = whole_vocab_select(vocab_shard.gather(local_logits), slot)
             return vocab_shard.same_tokens(tokens), probs
 

@@ -166,9 +166,8 @@ CONTRACT: tuple[Requirement, ...] = (
     Requirement("sglang.srt.managers.schedule_batch", "Req._cap_finished_len_at_max_new_tokens",
                 "a moved finish stays within max_new_tokens"),
     Requirement("sglang.srt.managers.schedule_batch", "Req._check_token_based_finish",
-                "the stop-token membership test hooks._is_stop_token mirrors",
-                reads=("self.sampling_params.stop_token_ids", "self.eos_token_ids", "self.tokenizer.eos_token_id",
-                       "self.tokenizer.additional_stop_token_ids")),
+                "the hook asks it for a step's first stop token", ("new_accepted_tokens",),
+                reads=("matched_pos = len(self.output_ids) - len(new_accepted_tokens) + i",)),
     # --- tensor-parallel drafting (worker.target_vocab_shard, _accept_block, the width broadcast)
     Requirement("sglang.srt.layers.vocab_parallel_embedding", "VocabParallelEmbedding.__init__",
                 "a rank's vocabulary rows of lm_head / embedding",

@@ -265,20 +265,6 @@ def _sampler_forward(original, self, logits_output, sampling_info, return_logpro
 
 
 # 15 ------------------------------------------------------------------------------------------------------------
-def _is_stop_token(req: Any, token_id: int) -> bool:
-    """Whether ``token_id`` ends ``req`` -- the membership test of upstream's ``Req._check_token_based_finish``
-    (``managers/schedule_batch.py:1856-1876``, sglang 0.5.23)."""
-    sp, tokenizer = req.sampling_params, req.tokenizer
-    if sp.stop_token_ids and token_id in sp.stop_token_ids:
-        return True
-    if req.eos_token_ids and token_id in req.eos_token_ids:
-        return True
-    if tokenizer is None:
-        return False
-    extra = tokenizer.additional_stop_token_ids
-    return token_id == tokenizer.eos_token_id or bool(extra and token_id in extra)
-
-
 def _req_update_finish_state(original, self, new_accepted_len: int = 1, *args: Any, **kwargs: Any):
     """A multi-token step finishes where plain decoding would have: at the EARLIEST stop.
 
@@ -294,7 +280,7 @@ def _req_update_finish_state(original, self, new_accepted_len: int = 1, *args: A
     original(self, new_accepted_len, *args, **kwargs)
     if new_accepted_len <= 1 or not self.finished() or self.finished_len is None:
         return
-    from sglang.srt.managers.schedule_batch import FINISH_MATCHED_STR, FINISH_MATCHED_TOKEN
+    from sglang.srt.managers.schedule_batch import FINISH_MATCHED_STR
 
     step_start = len(self.output_ids) - new_accepted_len
     earliest: list[tuple[int, int, Any]] = []  # (finished_len, 0 = string first on a tie, reason)
@@ -305,11 +291,11 @@ def _req_update_finish_state(original, self, new_accepted_len: int = 1, *args: A
                 end = self._locate_str_stop_finished_len(new_accepted_len, stop_str=stop_str)
                 if end is not None:
                     earliest.append((end, 0, FINISH_MATCHED_STR(matched=stop_str)))
-    if not self.sampling_params.ignore_eos:
-        for offset, token_id in enumerate(self.output_ids[step_start:self.finished_len]):
-            if _is_stop_token(self, token_id):
-                earliest.append((step_start + offset + 1, 1, FINISH_MATCHED_TOKEN(matched=token_id)))
-                break
+    # Upstream's own token test over the whole step; it writes the first stop token's finish, read and restored.
+    finish = self.finished_reason, self.finished_len
+    if self._check_token_based_finish(self.output_ids[step_start:]):
+        earliest.append((self.finished_len, 1, self.finished_reason))
+    self.finished_reason, self.finished_len = finish
     if earliest:
         end, _, reason = min(earliest, key=lambda e: (e[0], e[1]))
         if end < self.finished_len:

@@ -163,8 +163,10 @@ class DominoWorker(DFlashWorkerV2):
                     layer.self_attn.use_table_qk_norm_rope = False
         # Debug/test logs: one JSON line per verified request-block (rid, position, bonus, drafts, accept_len,
         # sampling parameters) / per decode step (batch size, width, committed tokens, worker seconds).
-        self._draft_log_path = self.settings.env.draft_log
-        self._step_log_path = self.settings.env.step_log
+        # Under tensor parallelism only rank 0 writes them (every rank verifies the same rows).
+        rank0 = int(getattr(self, "_target_tp_rank", 0) or 0) == 0
+        self._draft_log_path = self.settings.env.draft_log if rank0 else None
+        self._step_log_path = self.settings.env.step_log if rank0 else None
         self._log_lock = threading.Lock()
         # Upstream casts the block embeddings to bf16 before every draft forward; keep the draft's own dtype
         # (fp32 serving) -- see hooks._extend_forward_kwargs.
@@ -477,10 +479,7 @@ class DominoWorker(DFlashWorkerV2):
         self._append_log(self._draft_log_path, records)
 
     def _append_log(self, path: str, records: list[dict[str, Any]]) -> None:
-        """Append ``records`` as JSON lines to a diagnostic log (the draft log or the step log); under tensor
-        parallelism only rank 0 writes (every rank verifies the same rows)."""
-        if int(getattr(self, "_target_tp_rank", 0) or 0) != 0:
-            return
+        """Append ``records`` as JSON lines to a diagnostic log (the draft log or the step log)."""
         with self._log_lock, open(path, "a") as fh:
             fh.writelines(json.dumps(record) + "\n" for record in records)
 
