@@ -41,6 +41,7 @@ CPU_FAST_PATHS_ENV = "SGLANG_DOMINO_CPU_FAST_PATHS"
 MAX_SPECULATIVE_BATCH_ENV = "SGLANG_DOMINO_MAX_SPECULATIVE_BATCH"
 DRAFT_LOG_ENV = "SGLANG_DOMINO_DRAFT_LOG"
 STEP_LOG_ENV = "SGLANG_DOMINO_STEP_LOG"
+DEFERRED_CONTEXT_ENV = "SGLANG_DOMINO_DEFERRED_CONTEXT"
 CACHE_ENV = "SGLANG_DOMINO_CACHE"
 
 DRAFT_LOGITS_DTYPES = ("auto", "float32", "bfloat16")
@@ -60,6 +61,10 @@ VARIABLES: tuple[Variable, ...] = (
              "step width rule: auto (adaptive on CPU, none on GPUs), adaptive (per batch size the width that "
              "measured fastest), none (always draft), N (draft while a decode batch has at most N requests; 0: never, "
              "every step at plain width)"),
+    Variable(DEFERRED_CONTEXT_ENV, "1",
+             "1/0: on CPU, plain-width steps stash the target hidden states of their tokens and the drafter's "
+             "context KV is written for all of them in one batch when drafting resumes (0: written every step); "
+             "outputs unchanged"),
     Variable(DRAFT_LOG_ENV, "",
              "path: one JSON line per verified request-block (rid, position, bonus, drafts, accepted length, "
              "sampling parameters); for tests and debugging"),
@@ -139,6 +144,7 @@ class EnvSettings:
     draft_temperature_scale: float = DEFAULT_DRAFT_TEMPERATURE_SCALE
     cpu_fast_paths: bool = True
     max_speculative_batch: str = "auto"  # auto | adaptive | none | N
+    deferred_context: bool = True
     draft_log: Optional[str] = None
     step_log: Optional[str] = None
 
@@ -151,6 +157,7 @@ class EnvSettings:
             draft_temperature_scale=parse_draft_temperature_scale(env.get(DRAFT_TEMPERATURE_SCALE_ENV)),
             cpu_fast_paths=parse_switch(CPU_FAST_PATHS_ENV, env.get(CPU_FAST_PATHS_ENV)),
             max_speculative_batch=parse_max_speculative_batch(env.get(MAX_SPECULATIVE_BATCH_ENV)),
+            deferred_context=parse_switch(DEFERRED_CONTEXT_ENV, env.get(DEFERRED_CONTEXT_ENV)),
             draft_log=env.get(DRAFT_LOG_ENV) or None,
             step_log=env.get(STEP_LOG_ENV) or None,
         )
@@ -198,7 +205,8 @@ def server_settings(draft_path: str) -> DominoSettings:
 
 
 __all__ = [
-    "CACHE_ENV", "CPU_FAST_PATHS_ENV", "DEFAULT_DRAFT_TEMPERATURE_SCALE", "DRAFT_LOGITS_DTYPES", "DRAFT_LOGITS_DTYPE_ENV",
+    "CACHE_ENV", "CPU_FAST_PATHS_ENV", "DEFAULT_DRAFT_TEMPERATURE_SCALE", "DEFERRED_CONTEXT_ENV", "DRAFT_LOGITS_DTYPES",
+    "DRAFT_LOGITS_DTYPE_ENV",
     "DRAFT_LOG_ENV", "DRAFT_TEMPERATURE_SCALE_ENV", "DominoSettings", "EnvSettings", "MAX_SPECULATIVE_BATCH_ENV",
     "STEP_LOG_ENV", "SettingsError", "VARIABLES", "Variable", "default_cache_root", "drafter_config",
     "environment_settings",

@@ -56,6 +56,7 @@ from sglang.srt.speculative.spec_tp_sync import SpecTpSyncSite
 
 from sglang_domino.kernels import DominoHeadWeights, cpu_linear
 from sglang_domino.plugin import cpu_fast_paths
+from sglang_domino.plugin.deferred_context import DeferredContext
 from sglang_domino.plugin.draft_width import (
     WIDTH_ATTRS,
     FixedWidthRule,
@@ -138,6 +139,10 @@ def target_vocab_shard(lm_head: torch.nn.Module, embed: torch.nn.Module, vocab_s
 class DominoWorker(DFlashWorkerV2):
     """``--speculative-algorithm domino``: DFlash backbone + Domino head, exact and lossless."""
 
+    # Class defaults: upstream's __init__ may write the drafter's context (our override) before ours sets them.
+    _deferred_context: Optional[DeferredContext] = None
+    _defer_context_writes: bool = False
+
     def __init__(self, server_args, gpu_id: int, nccl_port: int, target_worker) -> None:
         with domino_worker_scope():
             super().__init__(server_args=server_args, gpu_id=gpu_id, nccl_port=nccl_port,
@@ -178,6 +183,12 @@ class DominoWorker(DFlashWorkerV2):
         device_type = torch.device(self.device).type
         self._width_rule = width_rule(device_type, self._widths.full_width, self.settings.env.max_speculative_batch)
         self._step_commit_lens: Optional[torch.Tensor] = None  # [bs] tokens the current step commits
+        # CPU: plain-width steps stash their context writes; the next drafting step writes them in one batch.
+        # (A windowed drafter rebuilds its draft view each step from its own slots: not deferred.)
+        self._deferred_context: Optional[DeferredContext] = (
+            DeferredContext() if (device_type == "cpu" and self.settings.env.deferred_context
+                                  and not self.use_compact_draft_cache and self.lilicorr is None) else None)
+        self._defer_context_writes = False  # True during a plain-width step when _deferred_context is on
         runner = getattr(self.target_worker.model_runner, "decode_cuda_graph_runner", None)
         if runner is not None and device_type == "cpu" and not self._width_rule.always_drafts:
             # The CPU graph runner keys its graphs on the batch size only: it would replay a width-B verify
@@ -331,6 +342,12 @@ class DominoWorker(DFlashWorkerV2):
             # Nothing to draft: skip the backbone forward (its scratch KV would be overwritten by the context
             # append anyway); upstream reads only these two fields of its result.
             self.draft_model_runner.forward = _no_draft_forward
+            self._defer_context_writes = self._deferred_context is not None
+        late_rows = 0
+        if width is not None and not plain_width and self._deferred_context is not None:
+            # A drafting step reads the drafter's context: write what plain-width steps stashed first. Not part of
+            # the step's measured seconds (the width rule compares widths, not when earlier tokens get written).
+            late_rows = self._deferred_context.flush(self._append_context_now)
         self._step_commit_lens = None
         if not decode and batch.sampling_info is not None:
             # Seeded requests: SGLang's sampler draws their first token with the seed (hooks._sampler_forward).
@@ -350,17 +367,49 @@ class DominoWorker(DFlashWorkerV2):
                     logger.info(change)
                 if self._step_log_path:
                     self._append_log(self._step_log_path, [{"batch_size": batch_size, "width": width,
-                                                            "tokens": tokens, "seconds": round(seconds, 6)}])
+                                                            "tokens": tokens, "seconds": round(seconds, 6),
+                                                            "context_written_late": late_rows}])
             return result
         finally:
             if plain_width:
                 del self.draft_model_runner.forward
+                self._defer_context_writes = False
             if width is not None:
                 self._widths.use(self._widths.full_width)
             if shimmed:
                 del seq_lens.record_stream
             self._domino_batch = None
             self._domino_pending = None
+
+    def _append_target_hidden_to_draft_kv_by_loc(self, *, target_hidden: torch.Tensor, cache_loc: torch.Tensor,
+                                                 positions: torch.Tensor, cache_loc_2d: Optional[torch.Tensor] = None,
+                                                 commit_lens: Optional[torch.Tensor] = None,
+                                                 extend_lens: Optional[torch.Tensor] = None) -> None:
+        """Upstream's drafter-context write; in a plain-width step on CPU, stashed instead (:mod:`.deferred_context`).
+
+        cache_loc [n] draft-pool slots, positions [n], target_hidden [n(+padding), D]; at plain width n = batch
+        size and every row commits (its bonus)."""
+        deferred = self._deferred_context
+        if (self._defer_context_writes and deferred is not None and cache_loc.dim() == 1
+                and (commit_lens is None or bool((commit_lens == 1).all()))):
+            n = int(cache_loc.numel())
+            deferred.defer(target_hidden[:n], cache_loc, positions, self._append_context_now)
+            return
+        if deferred is not None:
+            deferred.written(cache_loc)
+        super()._append_target_hidden_to_draft_kv_by_loc(
+            target_hidden=target_hidden, cache_loc=cache_loc, positions=positions, cache_loc_2d=cache_loc_2d,
+            commit_lens=commit_lens, extend_lens=extend_lens)
+
+    def _append_context_now(self, hidden: torch.Tensor, slots: torch.Tensor, positions: torch.Tensor) -> None:
+        """Write the drafter's context KV of ``hidden`` [n, D] at ``slots`` / ``positions`` [n] (upstream's writer)."""
+        super()._append_target_hidden_to_draft_kv_by_loc(target_hidden=hidden, cache_loc=slots, positions=positions)
+
+    def clear_cache_pool(self):
+        # The KV pool was reset: stashed context writes name slots that mean nothing now.
+        if self._deferred_context is not None:
+            self._deferred_context.clear()
+        super().clear_cache_pool()
 
     def _same_on_every_rank(self, value: int) -> int:
         """``value`` as tensor-parallel rank 0 has it."""

@@ -135,6 +135,12 @@ def test_step_log_counts_what_the_steps_committed(rounds, switching) -> None:
             assert s["tokens"] == s["batch_size"], s
         else:
             assert s["batch_size"] <= s["tokens"] <= s["batch_size"] * s["width"], s
+    # SGLANG_DOMINO_DEFERRED_CONTEXT (on by default on CPU): plain-width steps stash their context writes and a
+    # drafting step writes them first, so the drafts compared with the offline rollout above read late writes.
+    late = [s["context_written_late"] for s in steps]
+    assert all(n == 0 for s, n in zip(steps, late) if s["width"] == 1)
+    assert sum(late) > 0, "no drafting step wrote stashed context"
+    assert sum(late) <= sum(s["tokens"] for s in steps if s["width"] == 1)
     # Each request's first token comes from its prefill, every later one from a decode step.
     generated = sum(len(out["output_ids"]) - 1 for out in switched)
     assert sum(s["tokens"] for s in steps) >= generated
