@@ -50,7 +50,6 @@ class DeferredContext:
         self._slots: Optional[torch.Tensor] = None  # [capacity] int64
         self._positions: Optional[torch.Tensor] = None  # [capacity] int64
         self._owner: Optional[torch.Tensor] = None  # [pool slots] int64: entry index of the slot's last commit, or -1
-        self.flushed_rows = 0  # (for logs and tests) rows written by flushes so far
 
     def _ensure(self, hidden: torch.Tensor, max_slot: int) -> None:
         if self._hidden is None or self._hidden.shape[1] != hidden.shape[1] or self._hidden.dtype != hidden.dtype:
@@ -104,17 +103,11 @@ class DeferredContext:
             return 0
         n, self.pending = self.pending, 0
         slots = self._slots[:n]
-        live = self._owner[slots] == torch.arange(n, dtype=torch.int64, device=slots.device)
+        live = (self._owner[slots] == torch.arange(n, dtype=torch.int64, device=slots.device)).nonzero().squeeze(1)
         self._owner[slots] = -1
-        if bool(live.all()):
-            rows = n
-            append(self._hidden[:n], slots, self._positions[:n])
-        else:
-            index = live.nonzero().squeeze(1)
-            rows = int(index.numel())
-            if rows:
-                append(self._hidden[index], slots[index], self._positions[index])
-        self.flushed_rows += rows
+        rows = int(live.numel())
+        if rows:
+            append(self._hidden[live], slots[live], self._positions[live])
         return rows
 
     def clear(self) -> None:

@@ -390,7 +390,7 @@ class DominoWorker(DFlashWorkerV2):
         cache_loc [n] draft-pool slots, positions [n], target_hidden [n(+padding), D]; at plain width n = batch
         size and every row commits (its bonus)."""
         deferred = self._deferred_context
-        if (self._defer_context_writes and deferred is not None and cache_loc.dim() == 1
+        if (self._defer_context_writes and deferred is not None
                 and (commit_lens is None or bool((commit_lens == 1).all()))):
             n = int(cache_loc.numel())
             deferred.defer(target_hidden[:n], cache_loc, positions, self._append_context_now)
