@@ -79,6 +79,17 @@ CONTRACT: tuple[Requirement, ...] = (
                        "_draft_seq_lens_cpu_buf", "self._ensure_draft_block_buffers(bs)",
                        "self.draft_model_runner.forward(forward_batch)", "draft_out.logits_output",
                        "speculative_num_draft_tokens=int(self.block_size)")),
+    # --- plain-width steps on CPU run the one-token verify as a decode (DominoWorker._verify_one_token_as_decode):
+    # upstream must still verify through target_worker.forward_batch_generation(forward_batch=...) with host
+    # lengths of committed + width, and the decode forward must take a ForwardBatch built elsewhere
+    Requirement(_W2, "DFlashWorkerV2.forward_batch_generation", "plain-width steps verify as a decode",
+                reads=("self.target_worker.forward_batch_generation(", "forward_batch=verify_forward_batch",
+                       "verify_host_seq_lens = seq_lens_cpu_backup + block_size")),
+    Requirement("sglang.srt.managers.tp_worker", "TpModelWorker.forward_batch_generation",
+                "plain-width steps verify as a decode", ("batch", "forward_batch", "is_verify")),
+    Requirement("sglang.srt.model_executor.forward_batch_info", "ForwardMode.DECODE", "plain-width verify mode"),
+    Requirement("sglang.srt.model_executor.forward_batch_info", "ForwardMode.TARGET_VERIFY",
+                "plain-width verify mode"),
     Requirement(_W2, "DFlashWorkerV2._ensure_draft_block_buffers", "draft_width: one buffer set per width",
                 reads=("_draft_block_ids_buf", "_draft_block_end_buf", "_draft_seq_lens_cpu_buf")),
     Requirement("sglang.srt.speculative.draft_worker_common", "build_block_pos_offsets",

@@ -183,12 +183,15 @@ class DominoWorker(DFlashWorkerV2):
         device_type = torch.device(self.device).type
         self._width_rule = width_rule(device_type, self._widths.full_width, self.settings.env.max_speculative_batch)
         self._step_commit_lens: Optional[torch.Tensor] = None  # [bs] tokens the current step commits
+        self._step_target_forward = "verify"  # how the current step's target forward ran (the step log says)
         # CPU: plain-width steps stash their context writes; the next drafting step writes them in one batch.
         # (A windowed drafter rebuilds its draft view each step from its own slots: not deferred.)
         self._deferred_context: Optional[DeferredContext] = (
             DeferredContext() if (device_type == "cpu" and self.settings.env.deferred_context
                                   and not self.use_compact_draft_cache and self.lilicorr is None) else None)
         self._defer_context_writes = False  # True during a plain-width step when _deferred_context is on
+        # CPU: a plain-width step's one-token verify runs as a decode forward (see _verify_one_token_as_decode).
+        self._plain_width_as_decode = device_type == "cpu"
         runner = getattr(self.target_worker.model_runner, "decode_cuda_graph_runner", None)
         if runner is not None and device_type == "cpu" and not self._width_rule.always_drafts:
             # The CPU graph runner keys its graphs on the batch size only: it would replay a width-B verify
@@ -343,12 +346,15 @@ class DominoWorker(DFlashWorkerV2):
             # append anyway); upstream reads only these two fields of its result.
             self.draft_model_runner.forward = _no_draft_forward
             self._defer_context_writes = self._deferred_context is not None
+            if self._plain_width_as_decode:
+                self.target_worker.forward_batch_generation = self._verify_one_token_as_decode
         late_rows = 0
         if width is not None and not plain_width and self._deferred_context is not None:
             # A drafting step reads the drafter's context: write what plain-width steps stashed first. Not part of
             # the step's measured seconds (the width rule compares widths, not when earlier tokens get written).
             late_rows = self._deferred_context.flush(self._append_context_now)
         self._step_commit_lens = None
+        self._step_target_forward = "verify"
         if not decode and batch.sampling_info is not None:
             # Seeded requests: SGLang's sampler draws their first token with the seed (hooks._sampler_forward).
             seeds = request_seeds(batch.reqs)
@@ -368,18 +374,41 @@ class DominoWorker(DFlashWorkerV2):
                 if self._step_log_path:
                     self._append_log(self._step_log_path, [{"batch_size": batch_size, "width": width,
                                                             "tokens": tokens, "seconds": round(seconds, 6),
-                                                            "context_written_late": late_rows}])
+                                                            "context_written_late": late_rows,
+                                                            "target_forward": self._step_target_forward}])
             return result
         finally:
             if plain_width:
                 del self.draft_model_runner.forward
                 self._defer_context_writes = False
+                if self._plain_width_as_decode:
+                    del self.target_worker.forward_batch_generation
             if width is not None:
                 self._widths.use(self._widths.full_width)
             if shimmed:
                 del seq_lens.record_stream
             self._domino_batch = None
             self._domino_pending = None
+
+    def _verify_one_token_as_decode(self, batch=None, forward_batch=None, *args, **kwargs):
+        """The target worker's ``forward_batch_generation`` during a plain-width step on CPU.
+
+        Upstream verifies a plain-width step's one token per request as a TARGET_VERIFY forward, an extend: on
+        the CPU that is the extend attention path, the verify logits path and a re-planned extend, ~1.5 ms more
+        per step than the same token as a decode (timed in the schedulers, 2026-12-07). A one-token verify *is*
+        a decode -- the request's bonus at position ``committed``, attending to its ``committed + 1`` keys, its
+        K/V written to the same slot -- so the forward runs as one: mode DECODE, device ``seq_lens`` counting
+        the new token (upstream's verify host lengths already do: committed + width). Logits, captured hidden
+        states and the KV written are the decode's; what upstream does with them after is unchanged."""
+        from sglang.srt.model_executor.forward_batch_info import ForwardMode
+
+        if (forward_batch is not None and forward_batch.forward_mode == ForwardMode.TARGET_VERIFY
+                and int(getattr(forward_batch.spec_info, "draft_token_num", 0)) == 1):
+            forward_batch.forward_mode = ForwardMode.DECODE
+            forward_batch.seq_lens = forward_batch.seq_lens + 1
+            self._step_target_forward = "decode"
+        return type(self.target_worker).forward_batch_generation(self.target_worker, batch, forward_batch, *args,
+                                                                 **kwargs)
 
     def _append_target_hidden_to_draft_kv_by_loc(self, *, target_hidden: torch.Tensor, cache_loc: torch.Tensor,
                                                  positions: torch.Tensor, cache_loc_2d: Optional[torch.Tensor] = None,

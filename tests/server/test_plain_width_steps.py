@@ -131,6 +131,8 @@ def test_step_log_counts_what_the_steps_committed(rounds, switching) -> None:
     assert widths == ({1, BLOCK_SIZE} if switching.extra["setting"] == str(LIMIT) else set(ADAPTIVE_CANDIDATES))
     for s in steps:
         assert s["seconds"] > 0
+        # On CPU a plain-width step's one-token verify runs as a decode forward; drafting steps verify.
+        assert s["target_forward"] == ("decode" if s["width"] == 1 else "verify"), s
         if s["width"] == 1:
             assert s["tokens"] == s["batch_size"], s
         else:
