@@ -394,12 +394,12 @@ class DominoWorker(DFlashWorkerV2):
         """The target worker's ``forward_batch_generation`` during a plain-width step on CPU.
 
         Upstream verifies a plain-width step's one token per request as a TARGET_VERIFY forward, an extend: on
-        the CPU that is the extend attention path, the verify logits path and a re-planned extend, ~1.5 ms more
-        per step than the same token as a decode (timed in the schedulers, 2026-12-07). A one-token verify *is*
-        a decode -- the request's bonus at position ``committed``, attending to its ``committed + 1`` keys, its
-        K/V written to the same slot -- so the forward runs as one: mode DECODE, device ``seq_lens`` counting
-        the new token (upstream's verify host lengths already do: committed + width). Logits, captured hidden
-        states and the KV written are the decode's; what upstream does with them after is unchanged."""
+        the CPU that is the extend attention path, the verify logits path and a re-planned extend, measurably
+        slower than the same token as a decode (docs/design.md, "What a plain-width step costs"). A one-token
+        verify *is* a decode -- the request's bonus at position ``committed``, attending to its ``committed + 1``
+        keys, its K/V written to the same slot -- so the forward runs as one: mode DECODE, device ``seq_lens``
+        counting the new token (upstream's verify host lengths already do: committed + width). Logits, captured
+        hidden states and the KV written are the decode's; what upstream does with them after is unchanged."""
         from sglang.srt.model_executor.forward_batch_info import ForwardMode
 
         if (forward_batch is not None and forward_batch.forward_mode == ForwardMode.TARGET_VERIFY
