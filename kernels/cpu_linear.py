@@ -1,4 +1,5 @@
-"""Float32 linear products of a few rows on CPU, at the speed the memory system gives (same results as F.linear).
+"""Linear products of a few rows on CPU (float32; bf16 where it pays), at the speed the memory system gives (same
+results as F.linear).
 
 Used for the target's linears and lm_head in every CPU SGLang process (through the hooks of
 :mod:`sglang_domino.plugin.cpu_fast_paths`) and for the drafter's base logits (:func:`linear`, called by
@@ -19,9 +20,16 @@ of a width-4 step on that AVX2 machine: F.linear 32 ms, packed 5 ms.
 
 The result is the same product (float32, another summation order, as between any two GEMM shapes); oneDNN's row
 results do not depend on the other rows of the batch. A packed copy costs its weight's size again in memory.
-bfloat16 and other dtypes are left to ``F.linear`` (oneDNN handles small bf16 batches well), as is any device but
-CPU; without oneDNN weight packing in this torch build, :func:`small_batch_linear` covers up to
-:data:`MAX_SMALL_ROWS` rows. ``SGLANG_DOMINO_CPU_FAST_PATHS=0`` turns all of it off (:func:`configure`).
+
+bfloat16 products take the packed path at every row count, on CPUs that multiply bf16 natively (AVX512-BF16 or
+AMX-BF16) and only where a probe finds the packed product bit-equal to ``F.linear``'s (:func:`bf16_packing_pays`):
+there ``F.linear`` runs the same oneDNN kernel but reorders the weight on every call. Measured on an AVX512-BF16
+machine (2 threads, weights not in cache; ``scripts/exploration/cpu_linear_bf16.{py,txt}``): the [49152, 576] head
+for 1-6 rows 1.8-2.2 ms by ``F.linear``, 1.1-1.4 ms packed; SmolLM2-135M's linears + head per forward, 1 / 3 / 16 /
+48 rows, 11.3 / 12.0 / 15.0 / 26.3 ms against 7.4 / 8.5 / 11.2 / 21.8 ms. So bf16 drafting logits (the default for a
+float32 target on such a CPU) and bf16 targets get faster, with the same numbers. Other dtypes and devices are left to ``F.linear``; without
+oneDNN weight packing in this torch build, :func:`small_batch_linear` covers float32 up to :data:`MAX_SMALL_ROWS`
+rows. ``SGLANG_DOMINO_CPU_FAST_PATHS=0`` turns all of it off (:func:`configure`).
 """
 
 from __future__ import annotations
@@ -60,9 +68,10 @@ def enabled() -> bool:
 
 
 def applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """True when ``F.linear(x, weight)`` is a float32 CPU product without autograd that :func:`fast_linear` may take."""
-    return (x.device.type == "cpu" and weight.device.type == "cpu"
-            and x.dtype == torch.float32 and weight.dtype == torch.float32
+    """True when ``F.linear(x, weight)`` is a CPU product without autograd that :func:`fast_linear` may take:
+    float32, or bfloat16 where :func:`bf16_packing_pays`."""
+    return (x.device.type == "cpu" and weight.device.type == "cpu" and x.dtype == weight.dtype
+            and (x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and bf16_packing_pays()))
             and weight.dim() == 2 and x.dim() >= 1 and x.shape[-1] == weight.shape[1] and x.numel() > 0
             and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)))
 
@@ -78,6 +87,30 @@ def onednn_packing_available() -> bool:
         return True
     except Exception as exc:  # a build without oneDNN, or ops renamed in another torch
         logger.warning("oneDNN weight packing unavailable (%s); small float32 linears use MKL only", exc)
+        return False
+
+
+@functools.lru_cache(maxsize=1)
+def bf16_packing_pays() -> bool:
+    """Whether bfloat16 products take the packed path: oneDNN packing works, the CPU multiplies bf16 natively (else
+    oneDNN emulates it and nothing was measured), and a packed product equals ``F.linear``'s bit for bit (checked
+    once, at a width where oneDNN's blocked kernels run), so turning it on changes speed only."""
+    from sglang_domino.hardware import cpu_has_bf16_units
+
+    if not (onednn_packing_available() and cpu_has_bf16_units()):
+        return False
+    try:
+        g = torch.Generator().manual_seed(0)
+        weight = torch.randn(96, 576, generator=g).to(torch.bfloat16)
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight, PACK_HINT_ROWS)
+        for rows in (1, 3, 40):
+            x = torch.randn(rows, 576, generator=g).to(torch.bfloat16)
+            if not torch.equal(torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], ""), F.linear(x, weight)):
+                logger.warning("oneDNN's packed bf16 product differs from F.linear here; bf16 linears use F.linear")
+                return False
+        return True
+    except Exception as exc:  # bf16 packing missing from this build
+        logger.warning("oneDNN bf16 weight packing unavailable (%s); bf16 linears use F.linear", exc)
         return False
 
 
@@ -161,7 +194,7 @@ def fast_linear(owner: Any, x: torch.Tensor, weight: torch.Tensor, bias: Optiona
     if not (applies(x, weight) and enabled()):
         return None
     rows = x.numel() // weight.shape[1]
-    if rows > SMALL_ROWS and onednn_packing_available():
+    if x.dtype == torch.bfloat16 or (rows > SMALL_ROWS and onednn_packing_available()):
         return packed_linear(owner, x, weight, bias, on_new_copy)
     if rows <= MAX_SMALL_ROWS:
         return small_batch_linear(x, weight, bias)
@@ -175,6 +208,6 @@ def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return F.linear(x, weight) if out is None else out
 
 
-__all__ = ["MAX_SMALL_ROWS", "SMALL_ROWS", "applies", "configure", "enabled", "fast_linear", "linear",
+__all__ = ["MAX_SMALL_ROWS", "SMALL_ROWS", "applies", "bf16_packing_pays", "configure", "enabled", "fast_linear", "linear",
            "onednn_packing_available", "packed_linear", "packed_weight", "small_batch_linear",
            "weight_copy_key", "weight_owner"]

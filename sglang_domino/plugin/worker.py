@@ -212,7 +212,7 @@ class DominoWorker(DFlashWorkerV2):
         if drafting_dtype != target_lm_head.dtype:
             refuse_online_weight_updates(target_lm_head_module, drafting_dtype)
         elif cpu_linear.applies(target_lm_head[:1].detach(), target_lm_head.detach()) and cpu_linear.enabled():
-            # Drafting's base-logit GEMM keeps a oneDNN-packed copy of the float32 head (kernels.cpu_linear.linear).
+            # Drafting's base-logit GEMM keeps a oneDNN-packed copy of the head (kernels.cpu_linear.linear).
             cpu_fast_paths.refuse_online_weight_updates(target_lm_head_module, cpu_fast_paths.PACKED_WEIGHTS_REFUSAL)
         if device_type == "cpu":
             # Convert/pack the drafting head and the drafter's linears now: done lazily, the first drafting step

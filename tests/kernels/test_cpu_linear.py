@@ -1,5 +1,5 @@
-"""The float32 CPU linear kernels (kernels/cpu_linear.py) compute what F.linear computes, by the path measured
-fastest for the row count; drafting's base logits use them."""
+"""The CPU linear kernels (kernels/cpu_linear.py) compute what F.linear computes (bf16: bit for bit), by the path
+measured fastest for the row count; drafting's base logits use them."""
 
 from __future__ import annotations
 
@@ -29,10 +29,14 @@ def test_small_batch_linear_equals_f_linear(shape, with_bias: bool) -> None:
     torch.testing.assert_close(got, F.linear(x, weight, bias), rtol=1e-5, atol=1e-5)
 
 
-def test_applies_only_to_float32_cpu_products_without_grad() -> None:
+def test_applies_only_to_float32_or_paying_bf16_cpu_products_without_grad(monkeypatch) -> None:
     w = torch.randn(8, 4)
     assert applies(torch.randn(3, 4), w) and applies(torch.randn(500, 4), w)
-    assert not applies(torch.randn(3, 4, dtype=torch.bfloat16), w.bfloat16())  # bf16: oneDNN is fine
+    for pays in (False, True):
+        monkeypatch.setattr(cpu_linear, "bf16_packing_pays", lambda: pays)
+        assert applies(torch.randn(3, 4, dtype=torch.bfloat16), w.bfloat16()) is pays
+    assert not applies(torch.randn(3, 4, dtype=torch.bfloat16), w)  # mixed dtypes: F.linear refuses them anyway
+    assert not applies(torch.randn(3, 4, dtype=torch.float64), w.double())
     assert not applies(torch.randn(3, 4, device="meta"), w)
     assert not applies(torch.randn(3, 5), w)
     assert not applies(torch.randn(0, 4), w)
@@ -78,7 +82,12 @@ def test_fast_linear_picks_the_path_by_rows(monkeypatch) -> None:
     monkeypatch.setattr(cpu_linear, "onednn_packing_available", lambda: False)
     assert fast_linear(module, torch.randn(MAX_SMALL_ROWS, 4), w) == "small"
     assert fast_linear(module, torch.randn(MAX_SMALL_ROWS + 1, 4), w) is None  # upstream's GEMM
+    monkeypatch.setattr(cpu_linear, "onednn_packing_available", lambda: True)
+    monkeypatch.setattr(cpu_linear, "bf16_packing_pays", lambda: False)
     assert fast_linear(module, torch.randn(3, 4, dtype=torch.bfloat16), w.bfloat16()) is None
+    monkeypatch.setattr(cpu_linear, "bf16_packing_pays", lambda: True)  # bf16: packed at every row count
+    assert [fast_linear(module, torch.randn(r, 4, dtype=torch.bfloat16), w.bfloat16()) for r in (1, 2, 3)] == \
+        ["packed"] * 3
 
 
 @pytest.mark.parametrize("value, expected", [(None, True), ("1", True), ("on", True), ("0", False), ("off", False)])
@@ -123,10 +132,12 @@ def test_linear_equals_f_linear_and_packs_the_weight_once(rows: int) -> None:
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("rows", [1, 3, 16])
 def test_linear_leaves_other_dtypes_to_f_linear(monkeypatch, dtype: torch.dtype, rows: int) -> None:
-    """Not float32: neither fast path runs and no packed copy is made; the product is still x · Wᵀ."""
+    """Not float32 (nor bf16 where packing pays): neither fast path runs and no packed copy is made; the product is
+    still x · Wᵀ."""
     def refuse(*args, **kwargs):
         raise AssertionError(f"a CPU fast path was taken for a {dtype} product")
 
+    monkeypatch.setattr(cpu_linear, "bf16_packing_pays", lambda: False)
     monkeypatch.setattr(cpu_linear, "small_batch_linear", refuse)
     monkeypatch.setattr(cpu_linear, "packed_linear", refuse)
     g = torch.Generator().manual_seed(3)
@@ -177,3 +188,47 @@ def test_prepack_makes_the_copy_the_first_product_would_make(monkeypatch) -> Non
     cpu_linear.configure(False)
     other = torch.randn(300, 64)
     assert cpu_linear.prepack(other, other) is False and not hasattr(other, "_domino_onednn_weight")
+
+
+needs_bf16_packing = pytest.mark.skipif(not cpu_linear.bf16_packing_pays(),
+                                        reason="bf16 packing runs only on a CPU with native bf16 units")
+
+
+@needs_bf16_packing
+@pytest.mark.parametrize("rows", [1, 2, 3, 16, 48])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_bf16_packed_product_is_f_linear_bit_for_bit(rows: int, with_bias: bool) -> None:
+    """bf16 is switched on only because it changes speed, not numbers: a bf16 server (plain or Domino) gives the
+    tokens it gave before, and drafting's bf16 logits are those of ``F.linear`` (SmolLM2's widths)."""
+    g = torch.Generator().manual_seed(4)
+    for out_features, in_features in ((576, 576), (1536, 576), (576, 1536), (4096, 576)):
+        x = torch.randn(rows, in_features, generator=g).bfloat16()
+        weight = torch.randn(out_features, in_features, generator=g).bfloat16()
+        bias = torch.randn(out_features, generator=g).bfloat16() if with_bias else None
+        owner = SimpleNamespace()
+        got = fast_linear(owner, x, weight, bias)
+        assert got is not None and hasattr(owner, "_domino_onednn_weight")
+        assert got.dtype == torch.bfloat16 and torch.equal(got, F.linear(x, weight, bias))
+
+
+@needs_bf16_packing
+def test_bf16_packed_rows_do_not_depend_on_the_rest_of_the_batch() -> None:
+    g = torch.Generator().manual_seed(5)
+    x, weight, owner = torch.randn(16, 576, generator=g).bfloat16(), torch.randn(300, 576, generator=g).bfloat16(), \
+        SimpleNamespace()
+    together = fast_linear(owner, x, weight)
+    for rows in (slice(0, 1), slice(5, 9), slice(3, 16)):
+        assert torch.equal(fast_linear(owner, x[rows], weight), together[rows])
+
+
+def test_bf16_packing_needs_native_bf16_units(monkeypatch) -> None:
+    """Without AVX512-BF16 / AMX-BF16 oneDNN emulates bf16 and nothing was measured there: bf16 stays F.linear's."""
+    from sglang_domino import hardware
+
+    monkeypatch.setattr(hardware, "cpu_has_bf16_units", lambda *a: False)
+    cpu_linear.bf16_packing_pays.cache_clear()
+    try:
+        assert cpu_linear.bf16_packing_pays() is False
+        assert not applies(torch.randn(3, 8).bfloat16(), torch.randn(16, 8).bfloat16())
+    finally:
+        cpu_linear.bf16_packing_pays.cache_clear()

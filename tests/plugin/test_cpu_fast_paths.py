@@ -45,7 +45,8 @@ def test_packed_weight_is_made_once_remade_on_a_new_weight_and_refuses_online_up
 @needs_onednn
 def test_prepack_linears_packs_sglang_linears_only_and_refuses_online_updates() -> None:
     """The Domino worker packs the drafter's SGLang linears at start; other modules (a torch Linear, a layer
-    with another quantisation method, a bf16 weight) are left to their first product or to upstream."""
+    with another quantisation method, a float64 weight; bf16 where its packing does not pay) are left to their first
+    product or to upstream."""
     from sglang.srt.layers.quantization.unquant import UnquantizedLinearMethod
     from sglang.srt.model_executor.model_runner_components.weight_updater import (
         _unsupported_derived_weight_cache_error,
@@ -58,12 +59,14 @@ def test_prepack_linears_packs_sglang_linears_only_and_refuses_online_updates() 
         return module
 
     model = torch.nn.ModuleDict({"a": layer(), "b": layer(), "bf16": layer(torch.bfloat16),
-                                 "other": layer(method=object), "torch": torch.nn.Linear(8, 16)})
-    assert cpu_fast_paths.prepack_linears(model) == 2
-    for name in ("a", "b"):
+                                 "f64": layer(torch.float64), "other": layer(method=object),
+                                 "torch": torch.nn.Linear(8, 16)})
+    packed_names = ("a", "b", "bf16") if cpu_linear.bf16_packing_pays() else ("a", "b")
+    assert cpu_fast_paths.prepack_linears(model) == len(packed_names)
+    for name in packed_names:
         assert hasattr(model[name].weight, "_domino_onednn_weight")
         assert f"{CPU_FAST_PATHS_ENV}=0" in _unsupported_derived_weight_cache_error(model[name])
-    for name in ("bf16", "other", "torch"):
+    for name in {"bf16", "f64", "other", "torch"} - set(packed_names):
         assert not hasattr(model[name].weight, "_domino_onednn_weight")
         assert _unsupported_derived_weight_cache_error(model[name]) is None
     x = torch.randn(4, 8)
@@ -93,16 +96,23 @@ def test_linear_hook_uses_fast_path_or_defers_to_upstream(monkeypatch) -> None:
     got = cpu_fast_paths.unquantized_linear_apply(original, None, layer, x, None)
     torch.testing.assert_close(got, upstream, rtol=1e-5, atol=1e-5)
     assert not calls
-    # bf16, an AMX-packed layer and the switch off: upstream's own code runs.
-    bf16 = SimpleNamespace(weight=layer.weight.bfloat16())
+    # float64 (and bf16 where its packing does not pay), an AMX-packed layer and the switch off: upstream's own
+    # code runs.
+    f64 = SimpleNamespace(weight=layer.weight.double())
     amx = SimpleNamespace(weight=layer.weight, use_intel_amx_backend=True)
-    assert cpu_fast_paths.unquantized_linear_apply(original, None, bf16, x.bfloat16(), None) == "upstream"
+    assert cpu_fast_paths.unquantized_linear_apply(original, None, f64, x.double(), None) == "upstream"
     assert cpu_fast_paths.unquantized_linear_apply(original, None, amx, x, None) == "upstream"
+    bf16 = SimpleNamespace(weight=layer.weight.bfloat16())
+    monkeypatch.setattr(cpu_linear, "bf16_packing_pays", lambda: False)
+    assert cpu_fast_paths.unquantized_linear_apply(original, None, bf16, x.bfloat16(), None) == "upstream"
+    monkeypatch.setattr(cpu_linear, "bf16_packing_pays", lambda: True)
+    torch.testing.assert_close(cpu_fast_paths.unquantized_linear_apply(original, None, bf16, x.bfloat16(), None),
+                               F.linear(x.bfloat16(), bf16.weight))  # bit for bit where it runs: test_cpu_linear
     monkeypatch.setenv(CPU_FAST_PATHS_ENV, "0")
     environment_settings.cache_clear()
     cpu_fast_paths.configure_from_environment()  # what the plugin does when it loads
     assert cpu_fast_paths.unquantized_linear_apply(original, None, layer, x, None) == "upstream"
-    assert len(calls) == 3
+    assert len(calls) == 4
 
 
 def test_lm_head_hook_equals_upstream_plain_branch() -> None:
