@@ -109,6 +109,49 @@ class FixedWidthRule:
     def always_drafts(self) -> bool:
         return self.max_speculative_batch is None
 
+    def _ratio_samples(self, bucket: int, width: int) -> deque:
+        samples = self._ratios.get((bucket, width))
+        if samples is None:
+            samples = self._ratios[bucket, width] = deque(maxlen=self.window)
+        return samples
+
+    def _rates(self, b: int) -> dict[int, float]:
+        """Tokens per second of every width at bucket ``b``: measured for the preferred width (and before there is
+        one), time-paired against it for the others."""
+        preferred = self._preferred.get(b)
+        rates = {w: self._throughput(b, w).rate for w in self.widths}
+        now = self._throughput(b, preferred).seconds if preferred is not None else 0.0
+        if now > 0:
+            for w in self.widths:
+                ratios = self._ratios.get((b, w))
+                if w != preferred and ratios:
+                    rates[w] = self._throughput(b, w).tokens / (statistics.median(ratios) * now)
+        return rates
+
+    def _rebase(self, b: int, old: Optional[int], new: int) -> None:
+        """Express the ratios at bucket ``b`` against the new preferred width (none yet: from the warm-up medians,
+        which ran back to back)."""
+        seconds = {w: self._throughput(b, w).seconds for w in self.widths}
+        if old is None or not self._ratios.get((b, new)):
+            for w in self.widths:
+                samples = self._ratio_samples(b, w)
+                samples.clear()
+                if w != new and seconds[new] > 0:
+                    samples.append(seconds[w] / seconds[new])
+            return
+        to_new = statistics.median(self._ratios[b, new])  # new's seconds / old's
+        for w in self.widths:
+            samples = self._ratio_samples(b, w)
+            if w == new:
+                samples.clear()
+            elif w == old:
+                samples.clear()
+                samples.append(1.0 / to_new)
+            else:
+                rebased = [r / to_new for r in samples]
+                samples.clear()
+                samples.extend(rebased)
+
     def width(self, batch_size: int) -> int:
         return step_width(batch_size, self.full_width, self.max_speculative_batch)
 
@@ -184,20 +227,33 @@ class MeasuredWidthChoice:
     another one is ahead by more than :attr:`margin` (near break-even, noise would otherwise flip it every few
     steps for nothing). Every other width is explored again once :attr:`explore_every` steps have passed since it
     last ran (the most overdue first, one per step), so a change (a longer context, other prompts, a busier
-    machine) is noticed. While an explored width stays far behind (more than :attr:`backoff_gap` below the
-    preferred rate) its interval doubles after each exploring step, up to :attr:`max_explore_every`: where a width
-    clearly loses, running it every 16th step is throughput spent on a question already answered. A close race
+    machine) is noticed. While an explored width stays behind by more than :attr:`backoff_gap` (the switching
+    margin: a width that far behind could not win a switch) its interval doubles after each exploring step, up to
+    :attr:`max_explore_every`: where a width loses, running it every 16th step is throughput spent on a question
+    already answered (with a 20 % gap, widths 5-20 % behind ran every 16th step: at four requests on the
+    AVX512-BF16 machine width 2, ~10 % slower, ran 13 % of the steps). A close race
     sets its interval back to :attr:`explore_every`, a change of preference every interval. Tokens per step are
     what the step committed (accepted drafts + bonus per request; one per request at plain width), seconds the
     worker's wall time for the step (CPU: synchronous). Outputs cannot depend on the choice. A change of
     preference is reported (:meth:`record`) at most once per :attr:`log_interval` seconds per bucket.
+
+    Seconds are compared *time-paired*, as the serving benchmark pairs its runs: the preferred width runs nearly
+    every step, so the median of its last :attr:`window` steps is what a step costs now, whereas the last
+    :attr:`window` steps of an explored width span minutes. On a VM whose speed drifts by 10-30 % that stale median
+    decided the race: at four requests a plain-width median taken in a slow patch stayed frozen while width 2, then
+    preferred, ran in a fast one, and width 2 (~10 % slower paired) was kept for stretches of a hundred steps; 21 %
+    of that run's steps ran a non-preferred width (2026-12-08, AVX512-BF16 machine, step log). So an explored
+    width's cost is kept as the median of its last :attr:`window` *ratios* to the preferred width's median at the
+    moment it ran, and its rate is its tokens over that ratio × the preferred width's current seconds; a change of
+    preference re-expresses the ratios against the new preferred width. Under constant step costs this is the
+    plain rate.
     """
 
     measures = True
     always_drafts = False
 
     def __init__(self, full_width: int, *, widths: Optional[tuple[int, ...]] = None, min_samples: int = 3,
-                 explore_every: int = 16, max_explore_every: int = 128, backoff_gap: float = 0.2,
+                 explore_every: int = 16, max_explore_every: int = 128, backoff_gap: float = 0.05,
                  token_window: int = 64, margin: float = 0.05, window: int = 5, log_interval: float = 60.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.full_width = int(full_width)
@@ -218,6 +274,8 @@ class MeasuredWidthChoice:
         self._last_run: dict[tuple[int, int], int] = {}  # (bucket, width): the step it last ran
         self._interval: dict[tuple[int, int], int] = {}  # (bucket, width): its current exploring interval
         self._preferred: dict[int, int] = {}  # per bucket, once every width is measured
+        # (bucket, width): an explored width's step seconds over the preferred width's median when it ran
+        self._ratios: dict[tuple[int, int], deque] = {}
         self._logged: dict[int, tuple[float, int]] = {}  # per bucket: when, and which preference, last reported
 
     @staticmethod
@@ -244,6 +302,49 @@ class MeasuredWidthChoice:
         width = max(overdue, key=overdue.get)
         return width if overdue[width] >= 1.0 else preferred
 
+    def _ratio_samples(self, bucket: int, width: int) -> deque:
+        samples = self._ratios.get((bucket, width))
+        if samples is None:
+            samples = self._ratios[bucket, width] = deque(maxlen=self.window)
+        return samples
+
+    def _rates(self, b: int) -> dict[int, float]:
+        """Tokens per second of every width at bucket ``b``: measured for the preferred width (and before there is
+        one), time-paired against it for the others."""
+        preferred = self._preferred.get(b)
+        rates = {w: self._throughput(b, w).rate for w in self.widths}
+        now = self._throughput(b, preferred).seconds if preferred is not None else 0.0
+        if now > 0:
+            for w in self.widths:
+                ratios = self._ratios.get((b, w))
+                if w != preferred and ratios:
+                    rates[w] = self._throughput(b, w).tokens / (statistics.median(ratios) * now)
+        return rates
+
+    def _rebase(self, b: int, old: Optional[int], new: int) -> None:
+        """Express the ratios at bucket ``b`` against the new preferred width (none yet: from the warm-up medians,
+        which ran back to back)."""
+        seconds = {w: self._throughput(b, w).seconds for w in self.widths}
+        if old is None or not self._ratios.get((b, new)):
+            for w in self.widths:
+                samples = self._ratio_samples(b, w)
+                samples.clear()
+                if w != new and seconds[new] > 0:
+                    samples.append(seconds[w] / seconds[new])
+            return
+        to_new = statistics.median(self._ratios[b, new])  # new's seconds / old's
+        for w in self.widths:
+            samples = self._ratio_samples(b, w)
+            if w == new:
+                samples.clear()
+            elif w == old:
+                samples.clear()
+                samples.append(1.0 / to_new)
+            else:
+                rebased = [r / to_new for r in samples]
+                samples.clear()
+                samples.extend(rebased)
+
     def width(self, batch_size: int) -> int:
         b = self.bucket(batch_size)
         step = self._steps[b] = self._steps.get(b, 0) + 1
@@ -257,17 +358,23 @@ class MeasuredWidthChoice:
         b = self.bucket(batch_size)
         if width not in self.widths:  # not one of ours (cannot happen through the worker): nothing to learn
             return None
+        current = self._preferred.get(b)
+        if current is not None and width != current:
+            now = self._throughput(b, current).seconds
+            if now > 0:
+                self._ratio_samples(b, width).append(float(seconds) / now)
         self._throughput(b, width).add(float(tokens), float(seconds))
         if min(self._throughput(b, w).samples for w in self.widths) < self.min_samples:
             return None
-        rate = {w: self._throughput(b, w).rate for w in self.widths}
+        rate = self._rates(b)
         best = max(self.widths, key=lambda w: (rate[w], w))
-        current = self._preferred.get(b)
         if current is None or (best != current and rate[best] > rate[current] * (1 + self.margin)):
             preferred = best
         else:
             preferred = current
         self._preferred[b] = preferred
+        if preferred != current:
+            self._rebase(b, current, preferred)
         if current is not None and preferred != current:
             for w in self.widths:
                 self._interval[b, w] = self.explore_every
@@ -287,9 +394,10 @@ class MeasuredWidthChoice:
     def rates(self) -> dict[int, dict[int, float]]:
         """Measured tokens/s per bucket and width (for logs and tests)."""
         out: dict[int, dict[int, float]] = {}
-        for (b, width), t in sorted(self._stats.items()):
-            if t.samples:
-                out.setdefault(b, {})[width] = t.rate
+        for b in sorted({b for b, _ in self._stats}):
+            measured = {w: r for w, r in self._rates(b).items() if self._throughput(b, w).samples}
+            if measured:
+                out[b] = measured
         return out
 
     def describe(self) -> str:
