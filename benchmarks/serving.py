@@ -6,8 +6,8 @@ Domino / backbone) is taken from that repeat's adjacent runs, so a slow minute o
 of the ratio. A level reports the geometric mean of its per-repeat ratios with a 95 % t-interval
 (``benchmarks/paired.py``) and keeps adding repeats (``--repeats`` to ``--max-repeats``) while the Domino / plain
 interval is wider than ``--target-halfwidth``; tok/s per server are medians. The first configuration is what
-``sglang-domino serve`` runs by default; a second, ``--dtype float32``, runs only where the default dtype differs
-(bf16 on a CPU with bf16 units). Writes JSON (``configs``: each configuration's ``levels``), a markdown table per
+``sglang-domino serve`` runs by default; the second is the other CPU dtype: ``--dtype float32`` where the default
+is another, else ``--dtype bfloat16`` on a CPU with bf16 units (:func:`configurations`). Writes JSON (``configs``: each configuration's ``levels``), a markdown table per
 configuration and a PNG plot. Also: ``sglang-domino bench ...``; ``--quick`` for a two-minute look.
 
 The speculative servers inherit ``$SGLANG_DOMINO_MAX_SPECULATIVE_BATCH`` (default ``auto``: on CPU ``adaptive``,
@@ -95,6 +95,7 @@ QUICK = {"concurrency": "1,4", "num_prompts": 4, "max_new_tokens": 32, "repeats"
 DEFAULTS = {"concurrency": "1,2,4,8,16,32", "num_prompts": None, "max_new_tokens": 128, "repeats": 3,
             "max_repeats": 8}
 FLOAT32 = "float32"
+BFLOAT16 = "bfloat16"
 
 
 def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
@@ -121,14 +122,15 @@ def _flag_value(args: list[str], flag: str) -> Optional[str]:
     return value
 
 
-def configurations(server_args: list[str], default_dtype: Optional[str], quick: bool = False
-                   ) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+def configurations(server_args: list[str], default_dtype: Optional[str], quick: bool = False,
+                   bf16_units: bool = False) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
     """The server configurations to measure, and the skipped ones with why.
 
     ``defaults``: what ``sglang-domino serve`` runs (plus ``--server-args``); ``default_dtype`` is the dtype it
-    picks (``cpu_default_dtype()`` on CPU; None on CUDA, where SGLang takes the model's). ``float32``: the same with
-    ``--dtype float32``, only where that differs from the default. A ``--dtype`` in ``server_args`` replaces both
-    by one configuration named after it."""
+    picks (``cpu_default_dtype()`` on CPU; None on CUDA, where SGLang takes the model's). The second one, the other
+    CPU dtype worth serving: ``float32`` where the default is another, else ``bfloat16`` on a CPU with bf16 units
+    (``bf16_units``; without them PyTorch emulates bf16, 3-40x slower). ``--quick`` runs the defaults only. A
+    ``--dtype`` in ``server_args`` replaces both by one configuration named after it."""
     dtype = _flag_value(server_args, "--dtype")
     if dtype is not None:  # the user chose the dtype: one configuration, named after it
         return ({dtype: {"server_args": list(server_args), "dtype": dtype,
@@ -140,8 +142,13 @@ def configurations(server_args: list[str], default_dtype: Optional[str], quick: 
     if default_dtype is None:
         why = "CUDA: the servers run the model's dtype; float32 is no serving configuration there"
     elif default_dtype == FLOAT32:
-        why = ("it coincides with the defaults: serve runs float32 on every CPU (bf16 is measured with "
-               "--server-args '--dtype bfloat16')")
+        why = "it coincides with the defaults: serve runs float32 on every CPU"
+        if quick:
+            return configs, {FLOAT32: why, BFLOAT16: "--quick measures the defaults only"}
+        if not bf16_units:
+            return configs, {FLOAT32: why, BFLOAT16: "this CPU has no bf16 units (PyTorch would emulate bf16)"}
+        configs[BFLOAT16] = {"server_args": list(server_args) + ["--dtype", BFLOAT16], "dtype": BFLOAT16,
+                             "description": "--dtype bfloat16 (outputs can differ from plain decoding at near-ties)"}
     elif quick:
         why = "--quick measures the defaults only"
     else:
@@ -292,6 +299,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     from sglang_domino.benchmarks.loadgen import run_level
     from sglang_domino.embedded import HELDOUT_PROMPTS, prepare_embedded_pair
+    from sglang_domino.hardware import cpu_has_bf16_units
     from sglang_domino.server.launch import cpu_default_dtype, cuda_available
 
     args = resolve_args(args)
@@ -306,7 +314,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     levels_c = [int(c) for c in args.concurrency.split(",")]
     prompts = Path(args.prompts or HELDOUT_PROMPTS)
     extra = args.server_args.split() if args.server_args else []
-    configs, skipped = configurations(extra, None if cuda_available() else cpu_default_dtype(), args.quick)
+    configs, skipped = configurations(extra, None if cuda_available() else cpu_default_dtype(), args.quick,
+                                      bf16_units=cpu_has_bf16_units())
     for name, why in skipped.items():
         print(f"bench: configuration {name} not run: {why}", flush=True)
     names = CONFIGS + ((ALWAYS,) if args.compare_always_drafting else ())

@@ -186,9 +186,13 @@ def test_summarise_level_records_medians_ratios_and_equality() -> None:
 
 
 def test_configurations_run_float32_only_where_it_differs_from_the_default() -> None:
-    configs, skipped = serving.configurations([], "float32")  # this machine kind: no bf16 units
+    configs, skipped = serving.configurations([], "float32")  # a CPU without bf16 units
     assert list(configs) == ["defaults"] and configs["defaults"]["server_args"] == []
-    assert "coincides" in skipped["float32"]
+    assert "coincides" in skipped["float32"] and "no bf16 units" in skipped["bfloat16"]
+    configs, skipped = serving.configurations([], "float32", bf16_units=True)  # bf16 is the other dtype worth serving
+    assert list(configs) == ["defaults", "bfloat16"] and configs["bfloat16"]["server_args"] == ["--dtype", "bfloat16"]
+    assert "coincides" in skipped["float32"] and "bfloat16" not in skipped
+    assert list(serving.configurations([], "float32", quick=True, bf16_units=True)[0]) == ["defaults"]
     configs, skipped = serving.configurations(["--max-total-tokens", "8192"], "bfloat16")
     assert list(configs) == ["defaults", "float32"] and not skipped
     assert configs["defaults"]["server_args"] == ["--max-total-tokens", "8192"]  # no dtype flag: serve picks
