@@ -109,49 +109,6 @@ class FixedWidthRule:
     def always_drafts(self) -> bool:
         return self.max_speculative_batch is None
 
-    def _ratio_samples(self, bucket: int, width: int) -> deque:
-        samples = self._ratios.get((bucket, width))
-        if samples is None:
-            samples = self._ratios[bucket, width] = deque(maxlen=self.window)
-        return samples
-
-    def _rates(self, b: int) -> dict[int, float]:
-        """Tokens per second of every width at bucket ``b``: measured for the preferred width (and before there is
-        one), time-paired against it for the others."""
-        preferred = self._preferred.get(b)
-        rates = {w: self._throughput(b, w).rate for w in self.widths}
-        now = self._throughput(b, preferred).seconds if preferred is not None else 0.0
-        if now > 0:
-            for w in self.widths:
-                ratios = self._ratios.get((b, w))
-                if w != preferred and ratios:
-                    rates[w] = self._throughput(b, w).tokens / (statistics.median(ratios) * now)
-        return rates
-
-    def _rebase(self, b: int, old: Optional[int], new: int) -> None:
-        """Express the ratios at bucket ``b`` against the new preferred width (none yet: from the warm-up medians,
-        which ran back to back)."""
-        seconds = {w: self._throughput(b, w).seconds for w in self.widths}
-        if old is None or not self._ratios.get((b, new)):
-            for w in self.widths:
-                samples = self._ratio_samples(b, w)
-                samples.clear()
-                if w != new and seconds[new] > 0:
-                    samples.append(seconds[w] / seconds[new])
-            return
-        to_new = statistics.median(self._ratios[b, new])  # new's seconds / old's
-        for w in self.widths:
-            samples = self._ratio_samples(b, w)
-            if w == new:
-                samples.clear()
-            elif w == old:
-                samples.clear()
-                samples.append(1.0 / to_new)
-            else:
-                rebased = [r / to_new for r in samples]
-                samples.clear()
-                samples.extend(rebased)
-
     def width(self, batch_size: int) -> int:
         return step_width(batch_size, self.full_width, self.max_speculative_batch)
 
