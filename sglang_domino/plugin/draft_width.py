@@ -179,7 +179,8 @@ class MeasuredWidthChoice:
     most output tokens per second here.
 
     Each batch-size bucket (:meth:`bucket`) first runs :attr:`min_samples` steps of every width in :attr:`widths`
-    (widest first), then keeps the width with the highest rate (tokens per step: mean of the width's last
+    (widest first) -- unless a smaller bucket already found every drafting width far behind plain width; then it
+    starts at plain width (:meth:`_inherit`) -- then keeps the width with the highest rate (tokens per step: mean of the width's last
     :attr:`token_window` steps; seconds per step: median of its last :attr:`window` steps) and changes only when
     another one is ahead by more than :attr:`margin` (near break-even, noise would otherwise flip it every few
     steps for nothing). Every other width is explored again once :attr:`explore_every` steps have passed since it
@@ -302,8 +303,33 @@ class MeasuredWidthChoice:
                 samples.clear()
                 samples.extend(rebased)
 
+    def _inherit(self, b: int) -> None:
+        """A bucket seen for the first time starts at plain width, without a warm-up, where the nearest smaller
+        bucket with a preference prefers plain width with every drafting width more than :attr:`backoff_gap`
+        behind: on a CPU each verified row costs more as the batch grows while the drafts win back the same τ, so
+        drafting that lost at a smaller batch loses by more at a larger one. Each drafting width is first explored
+        :attr:`max_explore_every` steps in (then as usual), so a wrong guess is still found. Why: every bucket used
+        to warm up on three steps of each width, at four or more requests the slowest steps of all (a width-4
+        step costs ~2.5 plain steps at eight requests), at each of the batch sizes 5, 6, 7, 8, 16, 32 that a
+        concurrency level passes through."""
+        smaller = [c for c in self._preferred if c < b]
+        if not smaller:
+            return
+        nearest = max(smaller)
+        if self._preferred[nearest] != 1 or 1 not in self.widths:
+            return
+        rates = self._rates(nearest)
+        if any(rates[w] >= rates[1] * (1 - self.backoff_gap) for w in self.widths if w != 1):
+            return
+        self._preferred[b] = 1
+        for w in self.widths:
+            if w != 1:
+                self._interval[b, w] = self.max_explore_every
+
     def width(self, batch_size: int) -> int:
         b = self.bucket(batch_size)
+        if b not in self._steps:
+            self._inherit(b)
         step = self._steps[b] = self._steps.get(b, 0) + 1
         width = self._choose(b, step)
         self._last_run[b, width] = step
