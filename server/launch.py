@@ -104,14 +104,10 @@ def resolve_pair(target: Optional[str], draft: Optional[str]) -> tuple[str, str]
 def cpu_default_dtype() -> str:
     """float32, on every CPU. ``--dtype`` given by the user always wins.
 
-    Why: float32 serving is bit-equal to plain float32 decoding token for token, and it was not slower where bf16
-    was measured against it. On an AVX512-BF16 machine (2 cores, SmolLM2-135M, 2026-12-07, single runs, 12 chat
-    prompts, 128 tokens): plain decoding 17.4 tok/s in float32 vs 14.5 / 14.9 in bf16 at one request, 50.7 vs
-    48.4 / 32.1 at four; Domino 20.1 vs 16.0 / 14.8 at one, 44.9 vs 34.8 / 41.2 at four. In bf16 a multi-token
-    verify and a one-token decode round differently, so Domino's outputs differed from plain bf16 decoding in most
-    requests (plain bf16 is itself batch-dependent). Without bf16 units PyTorch emulates bf16 matmuls, 3-40x
-    slower than float32 (AVX2 machines). bf16 remains a flag away (``--dtype bfloat16``) for throughput at high
-    concurrency on CPUs with AMX/AVX512-BF16, where GEMM peaks are ~2x float32's; it was not measured there.
+    Why: float32 serving is bit-equal to plain float32 decoding token for token; bf16 is not (a multi-token verify
+    and a one-token decode round the logits differently in bf16), although on a CPU with bf16 units it is faster
+    at low concurrency; without them PyTorch emulates bf16 and it is much slower. The side-by-side measurement is
+    in docs/serving.md ("Why float32 on every CPU"). bf16 stays a flag away (``--dtype bfloat16``).
     """
     return "float32"
 
