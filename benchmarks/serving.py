@@ -7,8 +7,8 @@ of the ratio. A level reports the geometric mean of its per-repeat ratios with a
 (``benchmarks/paired.py``) and keeps adding repeats (``--repeats`` to ``--max-repeats``) while the Domino / plain
 interval is wider than ``--target-halfwidth``; tok/s per server are medians. The first configuration is what
 ``sglang-domino serve`` runs by default; the second is the other CPU dtype: ``--dtype float32`` where the default
-is another, else ``--dtype bfloat16`` on a CPU with bf16 units (:func:`configurations`). Writes JSON (``configs``: each configuration's ``levels``), a markdown table per
-configuration and a PNG plot. Also: ``sglang-domino bench ...``; ``--quick`` for a two-minute look.
+is another, else ``--dtype bfloat16`` on a CPU with bf16 units (:func:`configurations`). Writes JSON (``configs``:
+each configuration's ``levels``), a markdown table per configuration and a PNG plot. Also: ``sglang-domino bench ...``; ``--quick`` for a two-minute look.
 
 The speculative servers inherit ``$SGLANG_DOMINO_MAX_SPECULATIVE_BATCH`` (default ``auto``: on CPU ``adaptive``,
 drafting or plain-width steps per batch size by measured tokens/s). ``--compare-always-drafting`` adds a fourth

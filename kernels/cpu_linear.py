@@ -27,8 +27,8 @@ there ``F.linear`` runs the same oneDNN kernel but reorders the weight on every 
 machine (2 threads, weights not in cache; ``scripts/exploration/cpu_linear_bf16.{py,txt}``): the [49152, 576] head
 for 1-6 rows 1.8-2.2 ms by ``F.linear``, 1.1-1.4 ms packed; SmolLM2-135M's linears + head per forward, 1 / 3 / 16 /
 48 rows, 11.3 / 12.0 / 15.0 / 26.3 ms against 7.4 / 8.5 / 11.2 / 21.8 ms. So bf16 drafting logits (the default for a
-float32 target on such a CPU) and bf16 targets get faster, with the same numbers. Other dtypes and devices are left to ``F.linear``; without
-oneDNN weight packing in this torch build, :func:`small_batch_linear` covers float32 up to :data:`MAX_SMALL_ROWS`
+float32 target on such a CPU) and bf16 targets get faster, with the same numbers. Other dtypes and devices are left
+to ``F.linear``; without oneDNN weight packing in this torch build, :func:`small_batch_linear` covers float32 up to :data:`MAX_SMALL_ROWS`
 rows. ``SGLANG_DOMINO_CPU_FAST_PATHS=0`` turns all of it off (:func:`configure`).
 """
 
@@ -105,7 +105,8 @@ def bf16_packing_pays() -> bool:
         packed = torch.ops.mkldnn._reorder_linear_weight(weight, PACK_HINT_ROWS)
         for rows in (1, 3, 40):
             x = torch.randn(rows, 576, generator=g).to(torch.bfloat16)
-            if not torch.equal(torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], ""), F.linear(x, weight)):
+            packed_product = torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
+            if not torch.equal(packed_product, F.linear(x, weight)):
                 logger.warning("oneDNN's packed bf16 product differs from F.linear here; bf16 linears use F.linear")
                 return False
         return True
@@ -208,6 +209,6 @@ def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return F.linear(x, weight) if out is None else out
 
 
-__all__ = ["MAX_SMALL_ROWS", "SMALL_ROWS", "applies", "bf16_packing_pays", "configure", "enabled", "fast_linear", "linear",
-           "onednn_packing_available", "packed_linear", "packed_weight", "small_batch_linear",
+__all__ = ["MAX_SMALL_ROWS", "SMALL_ROWS", "applies", "bf16_packing_pays", "configure", "enabled", "fast_linear",
+           "linear", "onednn_packing_available", "packed_linear", "packed_weight", "small_batch_linear",
            "weight_copy_key", "weight_owner"]

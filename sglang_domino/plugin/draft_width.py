@@ -180,8 +180,8 @@ class MeasuredWidthChoice:
 
     Each batch-size bucket (:meth:`bucket`) first runs :attr:`min_samples` steps of every width in :attr:`widths`
     (widest first) -- unless a smaller bucket already found every drafting width far behind plain width; then it
-    starts at plain width (:meth:`_inherit`) -- then keeps the width with the highest rate (tokens per step: mean of the width's last
-    :attr:`token_window` steps; seconds per step: median of its last :attr:`window` steps) and changes only when
+    starts at plain width (:meth:`_inherit`) -- then keeps the width with the highest rate (tokens per step: mean
+    of the width's last :attr:`token_window` steps; seconds per step: median of its last :attr:`window` steps) and changes only when
     another one is ahead by more than :attr:`margin` (near break-even, noise would otherwise flip it every few
     steps for nothing). Every other width is explored again once :attr:`explore_every` steps have passed since it
     last ran (the most overdue first, one per step), so a change (a longer context, other prompts, a busier
@@ -189,8 +189,7 @@ class MeasuredWidthChoice:
     margin: a width that far behind could not win a switch) its interval doubles after each exploring step, up to
     :attr:`max_explore_every`: where a width loses, running it every 16th step is throughput spent on a question
     already answered (with a 20 % gap, widths 5-20 % behind ran every 16th step: at four requests on the
-    AVX512-BF16 machine width 2, ~10 % slower, ran 13 % of the steps). A close race
-    sets its interval back to :attr:`explore_every`, a change of preference every interval. Tokens per step are
+    AVX512-BF16 machine width 2, ~10 % slower, ran 13 % of the steps). A close race sets its interval back to :attr:`explore_every`, a change of preference every interval. Tokens per step are
     what the step committed (accepted drafts + bonus per request; one per request at plain width), seconds the
     worker's wall time for the step (CPU: synchronous). Outputs cannot depend on the choice. A change of
     preference is reported (:meth:`record`) at most once per :attr:`log_interval` seconds per bucket.
@@ -358,9 +357,9 @@ class MeasuredWidthChoice:
         self._preferred[b] = preferred
         if preferred != current:
             self._rebase(b, current, preferred)
-        if current is not None and preferred != current:
-            for w in self.widths:
-                self._interval[b, w] = self.explore_every
+            if current is not None:
+                for w in self.widths:
+                    self._interval[b, w] = self.explore_every
         elif current is not None and width != current:  # an exploring step kept the preference
             far_behind = rate[width] < rate[preferred] * (1 - self.backoff_gap)
             interval = self._interval.get((b, width), self.explore_every)

@@ -190,8 +190,7 @@ def test_token_2_is_decided_by_speculation(draws, server) -> None:
     plain width where it measured that speculation does not pay, explores the other widths at most every 128
     steps, and starts a larger batch at plain width when a smaller one found drafting far behind, so on the tiny
     pair it drafts a minority of these rows: 15 % in one CI run, at least 25 % in two others; verification at full
-    power is the always-drafting
-    server's check)."""
+    power is the always-drafting server's check)."""
     counts = {name: draws[server][name][2] for name in SETTINGS}
     print(f"\n{server}: token-2 rows with drafts / all (n={PER_REQUEST} requests, single requests): "
           + "; ".join(f"{k}: {c['n'][0]}/{c['n'][1]}, {c['s'][0]}/{c['s'][1]}" for k, c in counts.items()))
